@@ -7,7 +7,7 @@
 
 mod secret;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use livecomment_core::auth::{self, AuthConfig, Authenticator, Claims, KeySource};
 use livecomment_core::{Config, Runtime, RuntimeOptions, Service};
@@ -197,7 +197,10 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     match args.runtime {
         RuntimeName::Tokio => livecomment_tokio::Tokio::run(service, listener, &options)?,
-        other => bail!("the {other:?} runtime is not part of this build yet"),
+        RuntimeName::May => livecomment_may::May::run(service, listener, &options)?,
+        RuntimeName::Glommio => livecomment_glommio::Glommio::run(service, listener, &options)?,
+        RuntimeName::Mio => livecomment_mio::Mio::run(service, listener, &options)?,
+        RuntimeName::Threads => livecomment_threads::Threads::run(service, listener, &options)?,
     }
     Ok(())
 }
@@ -205,10 +208,10 @@ fn serve(args: ServeArgs) -> Result<()> {
 fn runtime_name(runtime: RuntimeName) -> &'static str {
     match runtime {
         RuntimeName::Tokio => livecomment_tokio::Tokio::NAME,
-        RuntimeName::May => "may",
-        RuntimeName::Glommio => "glommio",
-        RuntimeName::Mio => "mio",
-        RuntimeName::Threads => "threads",
+        RuntimeName::May => livecomment_may::May::NAME,
+        RuntimeName::Glommio => livecomment_glommio::Glommio::NAME,
+        RuntimeName::Mio => livecomment_mio::Mio::NAME,
+        RuntimeName::Threads => livecomment_threads::Threads::NAME,
     }
 }
 
