@@ -60,8 +60,9 @@ pub struct Connection {
 enum Phase {
     /// Waiting for (the rest of) a request head.
     Head,
-    /// The head is accepted; waiting for its body.
-    Body { head: Head, req: Prepared },
+    /// The head is accepted; waiting for its body. Boxed: rare and
+    /// large, it would otherwise bloat every idle connection.
+    Body(Box<(Head, Prepared)>),
     /// Streaming events to a viewer.
     Sse { viewer: Viewer },
     /// Write what is in the output, then close.
@@ -104,7 +105,7 @@ impl Connection {
             if self.output.capacity() > OUTPUT_KEEP {
                 self.output = BytesMut::new();
             }
-            if matches!(self.phase, Phase::Head | Phase::Body { .. }) && !self.input.is_empty() {
+            if matches!(self.phase, Phase::Head | Phase::Body(_)) && !self.input.is_empty() {
                 self.process(Instant::now());
             }
         }
@@ -114,7 +115,7 @@ impl Connection {
     /// reading, so a closed socket is noticed at once.
     pub fn wants_read(&self) -> bool {
         match self.phase {
-            Phase::Head | Phase::Body { .. } => {
+            Phase::Head | Phase::Body(_) => {
                 let cap = self.service.config().max_head + self.service.config().max_body;
                 self.input.len() <= cap
             }
@@ -145,7 +146,7 @@ impl Connection {
     /// Bytes arrived from the client.
     pub fn received(&mut self, data: &[u8], now: Instant) {
         match self.phase {
-            Phase::Head | Phase::Body { .. } => {
+            Phase::Head | Phase::Body(_) => {
                 self.input.extend_from_slice(data);
                 self.process(now);
             }
@@ -177,7 +178,7 @@ impl Connection {
                 self.phase = Phase::Closed;
                 self.deadline = None;
             }
-            Phase::Head | Phase::Body { .. } => self.refuse(ApiError::Timeout, true, now),
+            Phase::Head | Phase::Body(_) => self.refuse(ApiError::Timeout, true, now),
             Phase::Sse { .. } => {
                 if self.output.is_empty() {
                     self.output.put_slice(sse::KEEPALIVE);
@@ -239,14 +240,14 @@ impl Connection {
                         break;
                     }
                 }
-                Phase::Body { req, .. } => {
-                    if self.input.len() < req.body_len {
+                Phase::Body(pending) => {
+                    let len = pending.1.body_len;
+                    if self.input.len() < len {
                         break;
                     }
-                    let body = self.input.split_to(req.body_len);
-                    if let Phase::Body { head, req } =
-                        std::mem::replace(&mut self.phase, Phase::Head)
-                    {
+                    let body = self.input.split_to(len);
+                    if let Phase::Body(pending) = std::mem::replace(&mut self.phase, Phase::Head) {
+                        let (head, req) = *pending;
                         self.finish(&head, req, &body, now);
                     }
                 }
@@ -293,7 +294,7 @@ impl Connection {
             self.output.put_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         self.deadline = Some(now + config.head_timeout);
-        self.phase = Phase::Body { head, req };
+        self.phase = Phase::Body(Box::new((head, req)));
         true
     }
 

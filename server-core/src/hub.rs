@@ -558,3 +558,169 @@ impl Drop for Viewer {
         self.metrics.viewer_left();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LocalBroker, MemoryStore};
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    fn hub(history: usize, viewer_queue: usize) -> Hub {
+        Hub::new(
+            HubConfig {
+                history,
+                viewer_queue,
+            },
+            Box::new(MemoryStore),
+            Box::new(LocalBroker),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn post(hub: &Hub, stream: &str, text: &str) -> u64 {
+        hub.publish(stream, "alice", None, text, 0).unwrap().id
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> (Arc<Counter>, Waker) {
+        let c = Arc::new(Counter::default());
+        (c.clone(), Waker::from(c))
+    }
+
+    fn drained_ids(viewer: &Viewer, waker: &Waker) -> Vec<u64> {
+        let mut out = BytesMut::new();
+        viewer.mailbox().drain_into(&mut out, waker);
+        std::str::from_utf8(&out)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|id| id.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ids_count_from_one_per_stream() {
+        let hub = hub(10, 1 << 20);
+        assert_eq!(post(&hub, "a", "x"), 1);
+        assert_eq!(post(&hub, "a", "x"), 2);
+        assert_eq!(post(&hub, "b", "x"), 1);
+        assert_eq!(hub.info("a"), (2, 0));
+    }
+
+    #[test]
+    fn a_resuming_viewer_gets_replay_then_live_with_no_gap_or_duplicate() {
+        let hub = hub(100, 1 << 20);
+        for _ in 0..5 {
+            post(&hub, "s", "x");
+        }
+        let (viewer, replay) = hub.subscribe("s", Some(2), Transport::Sse).unwrap();
+        let replayed: Vec<u64> = replay.entries.iter().map(|e| e.id).collect();
+        assert_eq!(replayed, [3, 4, 5]);
+        assert_eq!(replay.reset, None);
+
+        post(&hub, "s", "x");
+        let (_, waker) = counter();
+        assert_eq!(drained_ids(&viewer, &waker), [6]);
+    }
+
+    #[test]
+    fn a_resume_point_older_than_history_gets_a_reset() {
+        let hub = hub(3, 1 << 20);
+        for _ in 0..10 {
+            post(&hub, "s", "x");
+        }
+        let (_viewer, replay) = hub.subscribe("s", Some(2), Transport::Sse).unwrap();
+        assert_eq!(replay.reset, Some(8));
+        let ids: Vec<u64> = replay.entries.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [8, 9, 10]);
+    }
+
+    #[test]
+    fn a_viewer_is_woken_once_per_empty_to_non_empty_transition() {
+        let hub = hub(100, 1 << 20);
+        let (viewer, _) = hub.subscribe("s", None, Transport::Sse).unwrap();
+        let (count, waker) = counter();
+        assert_eq!(
+            viewer.mailbox().drain_into(&mut BytesMut::new(), &waker),
+            Drained::Empty
+        );
+
+        post(&hub, "s", "x");
+        post(&hub, "s", "x");
+        post(&hub, "s", "x");
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(drained_ids(&viewer, &waker), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_viewer_past_its_bound_is_evicted_and_others_keep_everything() {
+        let hub = hub(100, 1000);
+        let (slow, _) = hub.subscribe("s", None, Transport::Sse).unwrap();
+        let (fast, _) = hub.subscribe("s", None, Transport::Sse).unwrap();
+        let (count, waker) = counter();
+        let _ = slow.mailbox().watch(&waker);
+
+        let mut fast_ids = Vec::new();
+        for _ in 0..20 {
+            post(&hub, "s", &"y".repeat(100));
+            fast_ids.extend(drained_ids(&fast, &waker));
+        }
+        assert_eq!(fast_ids, (1..=20).collect::<Vec<_>>());
+        assert_eq!(
+            slow.mailbox().drain_into(&mut BytesMut::new(), &waker),
+            Drained::Ended(Status::Evicted)
+        );
+        assert!(count.0.load(Ordering::SeqCst) >= 1);
+        assert_eq!(hub.info("s").1, 1);
+    }
+
+    #[test]
+    fn dropping_a_viewer_unregisters_it() {
+        let hub = hub(10, 1 << 20);
+        let (viewer, _) = hub.subscribe("s", None, Transport::Sse).unwrap();
+        assert_eq!(hub.info("s").1, 1);
+        drop(viewer);
+        assert_eq!(hub.info("s").1, 0);
+    }
+
+    #[test]
+    fn delete_removes_from_history_and_tells_viewers() {
+        let hub = hub(10, 1 << 20);
+        post(&hub, "s", "x");
+        post(&hub, "s", "x");
+        let (viewer, _) = hub.subscribe("s", None, Transport::Sse).unwrap();
+        hub.delete("s", 1).unwrap();
+        assert_eq!(hub.delete("s", 1), Err(ApiError::NotFound));
+        assert_eq!(hub.delete("nope", 1), Err(ApiError::NotFound));
+
+        let page = hub.history("s", 0, 10);
+        assert_eq!(page.comments.len(), 1);
+        let mut out = BytesMut::new();
+        let (_, waker) = counter();
+        viewer.mailbox().drain_into(&mut out, &waker);
+        assert!(out.starts_with(b"event: delete\n"));
+    }
+
+    #[test]
+    fn close_all_ends_every_viewer_and_refuses_new_ones() {
+        let hub = hub(10, 1 << 20);
+        let (viewer, _) = hub.subscribe("s", None, Transport::Sse).unwrap();
+        hub.close_all();
+        let (_, waker) = counter();
+        assert_eq!(
+            viewer.mailbox().drain_into(&mut BytesMut::new(), &waker),
+            Drained::Ended(Status::Closed)
+        );
+        assert!(hub.subscribe("s", None, Transport::Sse).is_err());
+    }
+}
