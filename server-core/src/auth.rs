@@ -114,6 +114,11 @@ impl Authenticator {
         Ok(Authenticator { key, validation })
     }
 
+    /// The configured clock leeway, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.validation.leeway
+    }
+
     /// Checks an `Authorization` header value (`Bearer <token>`).
     pub fn verify_header(&self, header: Option<&str>) -> Result<Claims, ApiError> {
         let token = header

@@ -23,22 +23,27 @@
 //!     ┌──────┐ head ┌──────┐ body ┌─────────┐  │
 //!  ──▶│ Head │─────▶│ Body │─────▶│ respond │──┘
 //!     └──────┘      └──────┘      └─────────┘
-//!        │ events request              │ error / close
+//!        │ events / ws request         │ error / close
 //!        ▼                             ▼
-//!     ┌─────┐  evicted / peer gone  ┌─────────┐  flushed  ┌────────┐
-//!     │ Sse │──────────────────────▶│ Closing │──────────▶│ Closed │
-//!     └─────┘                       └─────────┘           └────────┘
+//!  ┌───────────┐ evicted / peer gone ┌─────────┐  flushed  ┌────────┐
+//!  │ Sse or Ws │────────────────────▶│ Closing │──────────▶│ Closed │
+//!  └───────────┘                     └─────────┘           └────────┘
 //! ```
 
+use crate::auth::Claims;
+use crate::comment;
 use crate::error::ApiError;
 use crate::http::{Head, Parsed, Response, parse_head};
 use crate::hub::{Drained, Replay, Status, Viewer};
 use crate::service::{Outcome, Prepared, Service};
 use crate::sse;
+use crate::ws;
 use bytes::{Buf, BufMut, BytesMut};
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
+use tungstenite::Message;
+use tungstenite::protocol::WebSocketContext;
 
 /// Stop answering pipelined requests while this much output is unwritten.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
@@ -65,10 +70,22 @@ enum Phase {
     Body(Box<(Head, Prepared)>),
     /// Streaming events to a viewer.
     Sse { viewer: Viewer },
+    /// A WebSocket session: a viewer that may also post.
+    WebSocket(Box<WsSession>),
     /// Write what is in the output, then close.
     Closing,
     /// Close now, dropping any output.
     Closed,
+}
+
+/// What a WebSocket connection keeps beyond its buffers.
+struct WsSession {
+    /// `tungstenite`'s protocol state: reassembly, control frames, close.
+    ctx: WebSocketContext,
+    viewer: Viewer,
+    /// Set when the client connected with a valid token.
+    claims: Option<Claims>,
+    stream: String,
 }
 
 impl Connection {
@@ -119,7 +136,7 @@ impl Connection {
                 let cap = self.service.config().max_head + self.service.config().max_body;
                 self.input.len() <= cap
             }
-            Phase::Sse { .. } => true,
+            Phase::Sse { .. } | Phase::WebSocket(_) => true,
             Phase::Closing | Phase::Closed => false,
         }
     }
@@ -140,7 +157,15 @@ impl Connection {
 
     /// Whether this connection is streaming events to a viewer.
     pub fn is_viewer(&self) -> bool {
-        matches!(self.phase, Phase::Sse { .. })
+        self.viewer().is_some()
+    }
+
+    fn viewer(&self) -> Option<&Viewer> {
+        match &self.phase {
+            Phase::Sse { viewer } => Some(viewer),
+            Phase::WebSocket(session) => Some(&session.viewer),
+            _ => None,
+        }
     }
 
     /// Bytes arrived from the client.
@@ -150,7 +175,11 @@ impl Connection {
                 self.input.extend_from_slice(data);
                 self.process(now);
             }
-            // A viewer has nothing more to say; what it sends is ignored.
+            Phase::WebSocket(_) => {
+                self.input.extend_from_slice(data);
+                self.read_frames();
+            }
+            // An SSE viewer has nothing more to say; what it sends is ignored.
             Phase::Sse { .. } | Phase::Closing | Phase::Closed => {}
         }
     }
@@ -179,9 +208,12 @@ impl Connection {
                 self.deadline = None;
             }
             Phase::Head | Phase::Body(_) => self.refuse(ApiError::Timeout, true, now),
-            Phase::Sse { .. } => {
+            Phase::Sse { .. } | Phase::WebSocket(_) => {
                 if self.output.is_empty() {
-                    self.output.put_slice(sse::KEEPALIVE);
+                    match self.phase {
+                        Phase::Sse { .. } => self.output.put_slice(sse::KEEPALIVE),
+                        _ => self.output.put_slice(&ws::ping_frame()),
+                    }
                 }
                 self.deadline = Some(now + self.service.config().keepalive);
             }
@@ -199,7 +231,7 @@ impl Connection {
     /// a slow client's backlog stays in its mailbox, where it counts
     /// toward eviction.
     pub fn poll_events(&mut self, waker: &Waker) -> bool {
-        let Phase::Sse { viewer } = &self.phase else {
+        let Some(viewer) = self.viewer() else {
             return false;
         };
         let mailbox = viewer.mailbox().clone();
@@ -223,6 +255,10 @@ impl Connection {
     }
 
     fn end_stream(&mut self, status: Status) {
+        if status != Status::Evicted && matches!(self.phase, Phase::WebSocket(_)) {
+            self.output
+                .put_slice(&ws::close_frame(1001, "server shutting down"));
+        }
         self.phase = match status {
             // Whatever is unwritten would only delay the reconnect.
             Status::Evicted => Phase::Closed,
@@ -304,6 +340,21 @@ impl Connection {
         match self.service.handle(head, req, body) {
             Ok(Outcome::Respond(resp)) => self.respond(&resp, head, keep_alive, now),
             Ok(Outcome::Sse { viewer, replay }) => self.start_sse(viewer, replay, now),
+            Ok(Outcome::WebSocket {
+                viewer,
+                replay,
+                claims,
+                accept,
+                stream,
+            }) => {
+                let session = WsSession {
+                    ctx: ws::server_context(),
+                    viewer,
+                    claims,
+                    stream,
+                };
+                self.start_websocket(session, &accept, replay, now);
+            }
             Err(err) => self.refuse(err, !keep_alive, now),
         }
     }
@@ -357,6 +408,119 @@ impl Connection {
         self.answered += 1;
         self.deadline = Some(now + self.service.config().keepalive);
         self.phase = Phase::Sse { viewer };
+    }
+}
+
+impl Connection {
+    /// Answers 101, sends the replay as frames, then goes live. Bytes
+    /// the client sent after its handshake are WebSocket frames already.
+    fn start_websocket(&mut self, session: WsSession, accept: &str, replay: Replay, now: Instant) {
+        Response::new(101)
+            .header("Upgrade", "websocket")
+            .header("Connection", "Upgrade")
+            .header("Sec-WebSocket-Accept", accept)
+            .encode_head(false, None, &mut self.output);
+        if let Some(first_id) = replay.reset {
+            self.output.put_slice(&ws::reset_frame(first_id));
+        }
+        for entry in &replay.entries {
+            self.output.put_slice(&entry.event.ws);
+        }
+        self.service
+            .metrics()
+            .events_delivered(replay.entries.len() as u64);
+
+        self.answered += 1;
+        self.deadline = Some(now + self.service.config().keepalive);
+        self.phase = Phase::WebSocket(Box::new(session));
+        if !self.input.is_empty() {
+            self.read_frames();
+        }
+    }
+
+    /// Feeds the input to `tungstenite` and acts on each whole message.
+    /// Pings are answered and a client's close is returned by
+    /// `tungstenite` itself; a broken frame closes with its code.
+    fn read_frames(&mut self) {
+        loop {
+            let Phase::WebSocket(session) = &mut self.phase else {
+                return;
+            };
+            let mut pipe = ws::Pipe {
+                input: &mut self.input,
+                output: &mut self.output,
+            };
+            let message = match session.ctx.read(&mut pipe) {
+                Ok(message) => message,
+                Err(tungstenite::Error::Io(err))
+                    if err.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    let _ = session.ctx.flush(&mut pipe);
+                    return;
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    self.close_after_output();
+                    return;
+                }
+                Err(err) => {
+                    let code = ws::close_code_for(&err);
+                    tracing::debug!(code, cause = %err, "closing WebSocket");
+                    self.output.put_slice(&ws::close_frame(code, ""));
+                    self.close_after_output();
+                    return;
+                }
+            };
+            match message {
+                Message::Text(text) => self.client_message(text.as_bytes()),
+                Message::Binary(_) => {
+                    self.ws_error(None, &ApiError::BadRequest("send text frames"))
+                }
+                // Pings, pongs and close are handled inside `tungstenite`.
+                _ => {}
+            }
+        }
+    }
+
+    /// A client's JSON message: today, a post.
+    fn client_message(&mut self, text: &[u8]) {
+        let Phase::WebSocket(session) = &self.phase else {
+            return;
+        };
+        let (text, reference) = match serde_json::from_slice(text) {
+            Ok(ws::ClientMessage::Post { text, reference }) => (text, reference),
+            Err(_) => {
+                let err = ApiError::BadRequest("expected {\"type\":\"post\",\"text\":…}");
+                return self.ws_error(None, &err);
+            }
+        };
+        let result = match &session.claims {
+            Some(claims) if self.service.still_valid(claims) => comment::validate_text(&text)
+                .and_then(|text| self.service.publish(&session.stream, claims, &text)),
+            _ => Err(ApiError::InvalidToken),
+        };
+        match result {
+            Ok(entry) => {
+                let ack = ws::ack_json(reference.as_deref(), &entry.json);
+                self.output.put_slice(&ws::text_frame(&ack));
+            }
+            Err(err) => self.ws_error(reference.as_deref(), &err),
+        }
+    }
+
+    fn ws_error(&mut self, reference: Option<&str>, err: &ApiError) {
+        self.service.metrics().refused(err);
+        let message = match err {
+            ApiError::InvalidToken => "connect with a valid token to post",
+            other => other.message(),
+        };
+        let json = ws::error_json(reference, err.code(), message);
+        self.output.put_slice(&ws::text_frame(&json));
+    }
+
+    fn close_after_output(&mut self) {
+        self.phase = Phase::Closing;
+        self.input.clear();
+        self.deadline = Some(Instant::now() + self.service.config().head_timeout);
     }
 }
 

@@ -94,7 +94,16 @@ impl ApiError {
 
     /// The JSON body: `{"error":"<code>","message":"<text>"}`.
     pub fn body(&self) -> String {
-        serde_json::json!({ "error": self.code(), "message": self.message() }).to_string()
+        #[derive(serde::Serialize)]
+        struct Body {
+            error: &'static str,
+            message: &'static str,
+        }
+        let body = Body {
+            error: self.code(),
+            message: self.message(),
+        };
+        serde_json::to_string(&body).unwrap_or_default()
     }
 }
 

@@ -34,6 +34,7 @@ pub struct Head {
     pub expect_continue: bool,
     /// `Upgrade: websocket` with `Connection: upgrade`.
     pub websocket_key: Option<String>,
+    pub websocket_version: Option<String>,
     pub upgrade_websocket: bool,
 }
 
@@ -142,6 +143,8 @@ fn head_from(req: &httparse::Request<'_, '_>) -> Result<Head, ApiError> {
             upgrade_websocket = value.eq_ignore_ascii_case("websocket");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             head.websocket_key = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            head.websocket_version = Some(value.to_owned());
         }
     }
 

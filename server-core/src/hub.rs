@@ -50,6 +50,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::sse;
 use crate::store::{Broker, Store};
+use crate::ws;
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use slab::Slab;
@@ -65,18 +66,21 @@ const SHARDS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Sse,
+    WebSocket,
 }
 
 /// One event, encoded once for every transport.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub sse: Bytes,
+    pub ws: Bytes,
 }
 
 impl Event {
     fn for_transport(&self, transport: Transport) -> &Bytes {
         match transport {
             Transport::Sse => &self.sse,
+            Transport::WebSocket => &self.ws,
         }
     }
 }
@@ -229,6 +233,7 @@ impl Hub {
             id,
             event: Event {
                 sse: sse::comment_event(&json, id),
+                ws: ws::comment_frame(&json),
             },
             json,
         };
@@ -266,6 +271,7 @@ impl Hub {
 
         let event = Event {
             sse: sse::delete_event(&stream.name, id),
+            ws: ws::delete_frame(id),
         };
         let wakers = self.fan_out(&mut state, &event);
         drop(state);

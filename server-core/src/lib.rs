@@ -22,6 +22,7 @@
 //! | [`hub`] | streams, history, ids, viewers' mailboxes, fan-out, eviction |
 //! | [`store`] | the store and broker seams (memory and local today) |
 //! | [`sse`] | Server-Sent Events framing |
+//! | [`ws`] | WebSocket framing (`tungstenite`'s protocol layer over our buffers) |
 //! | [`metrics`] | counters and Prometheus text |
 //! | [`service`] | routes and handlers; the state connections share |
 //! | [`conn`] | the per-connection state machine the glue drives |
@@ -48,7 +49,6 @@
 //!   seams are [`store::Store`] and [`store::Broker`].
 //! - Request bodies must carry `Content-Length`; chunked request bodies
 //!   are refused with 411.
-//! - The WebSocket transport is not yet here.
 
 pub mod auth;
 pub mod comment;
@@ -65,6 +65,7 @@ pub mod runtime;
 pub mod service;
 pub mod sse;
 pub mod store;
+pub mod ws;
 
 pub use config::Config;
 pub use conn::Connection;

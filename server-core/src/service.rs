@@ -15,7 +15,7 @@ use crate::comment::{self, is_valid_stream_name};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::{Head, Response, percent_decode, query_param};
-use crate::hub::{Hub, HubConfig, Replay, Transport, Viewer};
+use crate::hub::{Entry, Hub, HubConfig, Replay, Transport, Viewer};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::store::{Broker, LocalBroker, MemoryStore, Store};
@@ -50,6 +50,7 @@ pub enum Route {
     History(String),
     Post(String),
     Events(String),
+    WebSocket(String),
     Delete(String, u64),
 }
 
@@ -70,6 +71,15 @@ pub enum Outcome {
     Sse {
         viewer: Viewer,
         replay: Replay,
+    },
+    /// Switch to WebSocket: answer 101 with `accept`, send the replay,
+    /// then live events; `claims` allow posting over the socket.
+    WebSocket {
+        viewer: Viewer,
+        replay: Replay,
+        claims: Option<Claims>,
+        accept: String,
+        stream: String,
     },
 }
 
@@ -194,6 +204,7 @@ impl Service {
                 Response::new(204)
             }
             Route::Events(name) => return self.events(&name, head),
+            Route::WebSocket(name) => return self.websocket(name, head),
         };
         Ok(Outcome::Respond(response))
     }
@@ -259,16 +270,58 @@ impl Service {
     fn post(&self, name: &str, claims: Option<Claims>, body: &[u8]) -> Result<Response, ApiError> {
         let claims = claims.ok_or(ApiError::InvalidToken)?;
         let text = comment::parse_post_body(body)?;
+        let entry = self.publish(name, &claims, &text)?;
+        let location = format!("/streams/{name}/comments/{}", entry.id);
+        Ok(Response::json(201, entry.json.to_vec()).header("Location", &location))
+    }
+
+    /// Publishes validated `text` as `claims`' user, after the user's
+    /// rate limit; shared by HTTP POST and WebSocket posts.
+    pub fn publish(&self, stream: &str, claims: &Claims, text: &str) -> Result<Entry, ApiError> {
         self.limiter
             .check(&claims.sub, Instant::now())
             .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
-
         let ts = comment::unix_millis();
-        let entry = self
-            .hub
-            .publish(name, &claims.sub, claims.name.as_deref(), &text, ts)?;
-        let location = format!("/streams/{name}/comments/{}", entry.id);
-        Ok(Response::json(201, entry.json.to_vec()).header("Location", &location))
+        self.hub
+            .publish(stream, &claims.sub, claims.name.as_deref(), text, ts)
+    }
+
+    /// Whether a token checked at connect time is still unexpired, for
+    /// long-lived WebSocket sessions that post later.
+    pub fn still_valid(&self, claims: &Claims) -> bool {
+        claims.exp + self.auth.leeway_secs() > crate::auth::unix_now()
+    }
+
+    fn websocket(&self, name: String, head: &Head) -> Result<Outcome, ApiError> {
+        if self.is_draining() {
+            return Err(ApiError::Unavailable("draining"));
+        }
+        let key = match (&head.websocket_key, head.upgrade_websocket) {
+            (Some(key), true) => key,
+            _ => return Err(ApiError::BadRequest("expected a WebSocket upgrade")),
+        };
+        if head.websocket_version.as_deref() != Some("13") {
+            return Err(ApiError::BadRequest(
+                "only WebSocket version 13 is supported",
+            ));
+        }
+        // Browsers cannot set headers on a WebSocket: the token may come
+        // in the query instead. Without one, the socket is read-only.
+        let token = query_param(head.query.as_deref(), "access_token");
+        let claims = match (token, &head.authorization) {
+            (Some(token), _) => Some(self.auth.verify(&token)?),
+            (None, Some(header)) => Some(self.auth.verify_header(Some(header))?),
+            (None, None) => None,
+        };
+        let resume = parse_u64(query_param(head.query.as_deref(), "since"))?;
+        let (viewer, replay) = self.hub.subscribe(&name, resume, Transport::WebSocket)?;
+        Ok(Outcome::WebSocket {
+            viewer,
+            replay,
+            claims,
+            accept: crate::ws::accept_key(key),
+            stream: name,
+        })
     }
 
     fn events(&self, name: &str, head: &Head) -> Result<Outcome, ApiError> {
@@ -328,6 +381,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 [] => get(Route::Stream(name)),
                 ["events"] => match method {
                     "GET" => Ok(Route::Events(name)),
+                    _ => Err(ApiError::MethodNotAllowed("GET")),
+                },
+                ["ws"] => match method {
+                    "GET" => Ok(Route::WebSocket(name)),
                     _ => Err(ApiError::MethodNotAllowed("GET")),
                 },
                 ["comments"] => match method {
