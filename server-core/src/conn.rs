@@ -301,7 +301,7 @@ impl Connection {
         let head = match parse_head(&self.input, config.max_head, config.max_headers) {
             Ok(Parsed::Complete(head, len)) => {
                 self.input.advance(len);
-                head
+                *head
             }
             Ok(Parsed::Partial) => return false,
             Err(err) => {

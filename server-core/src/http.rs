@@ -42,7 +42,7 @@ pub struct Head {
 #[derive(Debug)]
 pub enum Parsed {
     /// A complete head, and how many bytes of the buffer it took.
-    Complete(Head, usize),
+    Complete(Box<Head>, usize),
     /// More bytes are needed.
     Partial,
 }
@@ -78,7 +78,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, max_headers: usize) -> Result<Par
     }
 
     let head = head_from(&req)?;
-    Ok(Parsed::Complete(head, len))
+    Ok(Parsed::Complete(Box::new(head), len))
 }
 
 /// Copies what the service needs out of a parsed request and checks the
@@ -341,7 +341,7 @@ mod tests {
         match parse(raw) {
             Ok(Parsed::Complete(head, len)) => {
                 assert_eq!(len, raw.len());
-                head
+                *head
             }
             other => panic!("expected a complete head, got {other:?}"),
         }

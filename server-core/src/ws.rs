@@ -181,7 +181,7 @@ mod tests {
     fn the_accept_key_matches_rfc_6455s_example() {
         assert_eq!(
             accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGxzhZRbK+xOo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
