@@ -163,7 +163,8 @@ conformance! {
         let server = Server::start(rt, &[]);
         let body = r#"{"text":"hi"}"#;
 
-        for content_type in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"] {
+        let not_json = ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"];
+        for content_type in not_json {
             let response = server.send(raw_post(&server, content_type, body));
             response.expect_error(415, "unsupported_media_type");
         }
@@ -257,11 +258,15 @@ conformance! {
         let alice = server.token("alice");
         let mut conn = server.connect();
 
+        // Pipelined in one write, so all eleven arrive well within the
+        // 200 ms it takes to earn a new token at 5/s.
+        let burst = (1..=11).map(|n| Request::comment("s", &alice, &format!("post {n}")));
+        conn.send(burst.flat_map(|request| request.to_bytes()).collect::<Vec<u8>>());
         for n in 1..=10 {
-            let response = conn.exchange(&Request::comment("s", &alice, &format!("post {n}")));
+            let response = conn.read_response();
             assert_eq!(response.status, 201, "post {n} of the burst: {response}");
         }
-        let refused = conn.exchange(&Request::comment("s", &alice, "one too many"));
+        let refused = conn.read_response();
         let bob = conn.exchange(&Request::comment("s", &server.token("bob"), "hi"));
 
         refused.expect_error(429, "rate_limited");

@@ -101,7 +101,7 @@ conformance! {
 
     /// `--history N` keeps the newest N comments: the oldest are gone.
     fn history_is_bounded_by_the_history_flag(rt) {
-        let server = Server::start(rt, &["--history", "10"]);
+        let server = Server::start(rt, &[&NO_RATE_LIMIT[..], &["--history", "10"]].concat());
         post_many(&server, "s", 15);
 
         let page = history(&server, "?since=0");

@@ -100,7 +100,13 @@ impl Authenticator {
         };
 
         let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer must also be present: without
+        // this, `jsonwebtoken` only checks the claims a token happens to
+        // carry.
+        let mut required = vec!["exp", "sub"];
+        required.extend(config.audience.as_ref().map(|_| "aud"));
+        required.extend(config.issuer.as_ref().map(|_| "iss"));
+        validation.set_required_spec_claims(&required);
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.leeway = config.leeway.as_secs();
@@ -242,6 +248,19 @@ mod tests {
         // {"alg":"none"} . {"sub":"alice","exp":9999999999} . (no signature)
         let token = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert_eq!(auth().verify(token), Err(ApiError::InvalidToken));
+    }
+
+    #[test]
+    fn a_configured_audience_must_be_present() {
+        let a = Authenticator::new(&AuthConfig {
+            key: KeySource::Secret(SECRET.to_vec()),
+            audience: Some("live".into()),
+            issuer: None,
+            leeway: Duration::ZERO,
+        })
+        .unwrap();
+        let token = mint_hs256(SECRET, &claims(60)).unwrap();
+        assert_eq!(a.verify(&token), Err(ApiError::InvalidToken));
     }
 
     #[test]

@@ -17,13 +17,15 @@
 //! condition ([`wait_until`]) or a read with a deadline, so a test that
 //! goes wrong fails with a message instead of hanging.
 
-#![allow(dead_code)]
+// Each test file is its own crate and uses only some of these helpers.
+#![allow(dead_code, unused_imports)]
 
 mod http;
 mod metrics;
 mod server;
 mod sse;
 mod tokens;
+pub mod ws;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +55,7 @@ pub use tokens::{KeyPair, base64url, claims, hs256, random_secret, sign, unsigne
 /// **To add a backend, add its `--runtime` name to the list below.**
 macro_rules! conformance {
     ($($tests:tt)*) => {
+        // The runtime backends under test; add new ones here.
         conformance_on_runtimes!([tokio] { $($tests)* });
     };
 }
@@ -92,16 +95,24 @@ macro_rules! conformance_wrappers {
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
 /// Polls `condition` every 10 ms until it holds; panics after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        poll_until(timeout, condition),
+        "gave up after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Polls `condition` every 10 ms until it holds (true) or `timeout`
+/// passes (false).
+pub fn poll_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
-            return;
+            return true;
         }
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -21,7 +21,7 @@ use super::http::{Conn, Request, Response};
 use super::metrics::Metrics;
 use super::sse::SseStream;
 use super::tokens::{claims, hs256, random_secret};
-use super::{PATIENCE, wait_until};
+use super::{PATIENCE, poll_until};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_livecomment");
 
@@ -146,10 +146,15 @@ impl Server {
 
     /// Waits until `GET /streams/{stream}` counts `viewers` viewers.
     pub fn wait_for_viewers(&self, stream: &str, viewers: u64) {
-        let what = format!("{viewers} viewer(s) on {stream}");
-        wait_until(&what, PATIENCE, || {
-            self.stream_info(stream)["viewers"] == viewers
+        let mut last = Value::Null;
+        let counted = poll_until(PATIENCE, || {
+            last = self.stream_info(stream)["viewers"].clone();
+            last == viewers
         });
+        assert!(
+            counted,
+            "{stream} still had {last} viewer(s), not {viewers}, after {PATIENCE:?}"
+        );
     }
 
     /// Opens an SSE stream at `target` (a path with optional query).
