@@ -56,7 +56,7 @@ pub use tokens::{KeyPair, base64url, claims, hs256, random_secret, sign, unsigne
 macro_rules! conformance {
     ($($tests:tt)*) => {
         // The runtime backends under test; add new ones here.
-        conformance_on_runtimes!([tokio] { $($tests)* });
+        conformance_on_runtimes!([tokio, may, glommio, mio, threads] { $($tests)* });
     };
 }
 

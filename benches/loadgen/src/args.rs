@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::ValueEnum;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The runtimes `serve --runtime` knows, in report order.
 pub const ALL_RUNTIMES: [&str; 5] = ["tokio", "may", "glommio", "mio", "threads"];
@@ -145,7 +145,7 @@ impl ScenarioName {
 }
 
 /// Every size the scenarios use, after presets and overrides.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sizes {
     pub duration_secs: f64,
     pub fanout_viewers: usize,

@@ -300,8 +300,12 @@ mod tests {
         for split in 0..body.len() {
             let mut d = Dechunker::default();
             let mut out = Vec::new();
-            let first = d.feed(&body[..split], |p| out.extend_from_slice(p)).unwrap();
-            let second = d.feed(&body[split..], |p| out.extend_from_slice(p)).unwrap();
+            let first = d
+                .feed(&body[..split], |p| out.extend_from_slice(p))
+                .unwrap();
+            let second = d
+                .feed(&body[split..], |p| out.extend_from_slice(p))
+                .unwrap();
             assert_eq!(out, b"hello, world");
             let used = first.or(second.map(|n| n + split)).unwrap();
             assert_eq!(&body[used..], b"next");

@@ -14,7 +14,11 @@ use crate::perf;
 fn single_cpu_set(cpu: usize) -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    libc::CPU_SET(cpu, &mut set);
+    // SAFETY: CPU_SET indexes the bit array; it is unsafe only because
+    // an out-of-range CPU would write past it, and `cpu` is checked.
+    if cpu < libc::CPU_SETSIZE as usize {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     set
 }
 
@@ -81,6 +85,10 @@ pub struct Facts {
     pub quick: bool,
     pub git_commit: Option<String>,
     pub started_unix_secs: u64,
+    /// `/proc/loadavg` when the run started and when it ended: a busy
+    /// machine (other builds, tests) makes every figure noisier.
+    pub load_average_start: String,
+    pub load_average_end: Option<String>,
 }
 
 impl Facts {
@@ -107,8 +115,19 @@ impl Facts {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            load_average_start: load_average(),
+            load_average_end: None,
         }
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    read_trimmed("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn read_trimmed(path: &str) -> String {

@@ -81,7 +81,16 @@ impl Session {
     pub fn start(pid: u32, dir: &Path) -> Result<Session> {
         let out = dir.join(format!("perf-{pid}.csv"));
         let child = Command::new("perf")
-            .args(["stat", "-x", ",", "-e", EVENTS, "-p", &pid.to_string(), "-o"])
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                EVENTS,
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
             .arg(&out)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

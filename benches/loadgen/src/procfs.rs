@@ -52,6 +52,9 @@ fn parse_stat(stat: &str) -> Result<(f64, u64)> {
         bail!("malformed /proc stat line");
     };
     let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        bail!("the process has exited");
+    }
     let field = |n: usize| -> Result<u64> {
         let raw = fields.get(n - 3).context("short /proc stat line")?;
         raw.parse().context("non-numeric /proc stat field")
@@ -91,13 +94,44 @@ fn task_ctx_switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// Busy milliseconds of one CPU so far, from `/proc/stat` (user, nice,
+/// system, irq, softirq and steal time of every process on it). Minus a
+/// process's own CPU time, it shows how much others took from that CPU.
+pub fn cpu_busy_ms(cpu: usize) -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<u64>();
+    Some(busy as f64 * 1000.0 / clock_ticks_per_sec())
+}
+
 /// CPU milliseconds this process (every thread of the load generator)
 /// has used so far.
 pub fn self_cpu_ms() -> f64 {
+    rusage_ms(libc::RUSAGE_SELF)
+}
+
+/// CPU milliseconds the calling thread has used so far.
+pub fn thread_cpu_ms() -> f64 {
+    rusage_ms(libc::RUSAGE_THREAD)
+}
+
+fn rusage_ms(who: libc::c_int) -> f64 {
     // SAFETY: rusage is plain data; all-zero is a valid value to fill.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is valid and writable for the call.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let rc = unsafe { libc::getrusage(who, &mut usage) };
     if rc != 0 {
         return 0.0;
     }
@@ -116,6 +150,12 @@ mod tests {
         let (cpu_ms, threads) = parse_stat(line).unwrap();
         assert_eq!(threads, 7);
         assert!((cpu_ms - 300.0 * 1000.0 / clock_ticks_per_sec()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_zero_has_a_busy_time() {
+        assert!(cpu_busy_ms(0).is_some());
+        assert!(cpu_busy_ms(100_000).is_none());
     }
 
     #[test]

@@ -103,7 +103,10 @@ impl SseDecoder {
             None => scan(&mut self.carry, input, on_event),
             Some(dechunker) => {
                 let carry = &mut self.carry;
-                if dechunker.feed(input, |data| scan(carry, data, on_event))?.is_some() {
+                if dechunker
+                    .feed(input, |data| scan(carry, data, on_event))?
+                    .is_some()
+                {
                     bail!("event stream ended");
                 }
             }
@@ -145,7 +148,9 @@ fn decode_event(event: &[u8]) -> SseEvent {
     let id = if let Some(rest) = event.strip_prefix(b"id: ") {
         parse_digits(rest)
     } else {
-        ID_LINE.find(event).and_then(|p| parse_digits(&event[p + 5..]))
+        ID_LINE
+            .find(event)
+            .and_then(|p| parse_digits(&event[p + 5..]))
     };
     let sent_nanos = SENT_AT
         .find(event)
@@ -164,9 +169,9 @@ fn parse_digits(bytes: &[u8]) -> Option<u64> {
     if digits == 0 || digits > 19 {
         return None;
     }
-    bytes[..digits]
-        .iter()
-        .try_fold(0u64, |n, b| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+    bytes[..digits].iter().try_fold(0u64, |n, b| {
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -224,7 +229,10 @@ mod tests {
     #[test]
     fn a_refused_viewer_fails_on_the_status() {
         let mut d = SseDecoder::default();
-        let err = d.feed(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", &mut |_| ());
+        let err = d.feed(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            &mut |_| (),
+        );
         assert!(err.is_err());
     }
 

@@ -8,7 +8,6 @@
 //! signature of every post.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,7 +63,7 @@ impl Credentials {
 
     /// HS256 tokens for users `bench-0` … `bench-{n-1}`.
     pub fn hs256_tokens(&self, n: usize) -> Result<Vec<String>> {
-        let key = EncodingKey::from_secret(self.secret.as_bytes());
+        let key = EncodingKey::from_secret(self.secret.as_bytes()).context("HS256 key")?;
         mint(Algorithm::HS256, &key, n)
     }
 
@@ -80,8 +79,8 @@ impl Credentials {
 
 impl RsaPair {
     fn generate(dir: &Path) -> Result<RsaPair> {
-        let mut rng = rsa::rand_core::UnwrapErr(rsa::rand_core::OsRng);
-        let private = rsa::PrivateKey::new(&mut rng, RSA_BITS).context("generating RSA key")?;
+        let private =
+            rsa::PrivateKey::new(&mut getrandom::SysRng, RSA_BITS).context("generating RSA key")?;
         let private_pem = private
             .to_pkcs8_pem(LineEnding::LF)
             .context("encoding RSA private key")?
@@ -124,11 +123,9 @@ fn unix_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// `bytes` random bytes from the kernel, as lowercase hex.
+/// `bytes` random bytes from the OS, as lowercase hex.
 fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .context("reading /dev/urandom")?;
+    getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -51,6 +51,12 @@ const READS_PER_WAKE: usize = 8;
 /// Receive buffer of a slow viewer, so that it backs up quickly.
 const SLOW_RCVBUF: u32 = 4 * 1024;
 
+/// The MSS a slow viewer announces. The server's kernel sizes its send
+/// buffer from the MSS (on loopback up to megabytes with the default
+/// 64 KiB MSS); a small MSS keeps that buffer at tens of kilobytes, so
+/// the server's own queue passes its bound within a second or two.
+const SLOW_MSS: libc::c_int = 536;
+
 /// Keep at most this many connection errors' messages for the report.
 const KEPT_ERRORS: usize = 5;
 
@@ -382,6 +388,7 @@ impl Viewer {
             .with_context(|| format!("binding to {}", self.source))?;
         if self.behaviour == Behaviour::Slow {
             socket.set_recv_buffer_size(SLOW_RCVBUF)?;
+            set_mss(&socket, SLOW_MSS)?;
         }
         let stream = socket.connect(self.server).await.context("connecting")?;
         Ok(stream)
@@ -437,6 +444,27 @@ impl Viewer {
         let mut tracks = board.tracks.borrow_mut();
         tracks[self.index].streamed = true;
         tracks[self.index].state = State::Streaming;
+    }
+}
+
+/// Sets `TCP_MAXSEG` before connecting, so the SYN announces `mss`.
+fn set_mss(socket: &TcpSocket, mss: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the fd is owned by `socket` and open for the call; the
+    // option value is a c_int that outlives the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
