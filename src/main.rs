@@ -34,6 +34,9 @@ enum Command {
     Serve(ServeArgs),
     /// Print a signed token for posting.
     Token(TokenArgs),
+    /// Compare the runtimes under load: starts `livecomment serve` for
+    /// each one and writes results.json, results.md and charts.
+    Bench(livecomment_loadgen::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -149,6 +152,10 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Bench(args) => {
+            let exe = std::env::current_exe().context("locating the livecomment binary")?;
+            livecomment_loadgen::run(args, &exe)
+        }
     }
 }
 

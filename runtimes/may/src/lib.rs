@@ -137,7 +137,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
@@ -166,6 +166,12 @@ pub const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Read buffer size; it lives on the coroutine's stack during a read.
 const READ_BUF: usize = 4096;
+
+/// The watcher's read buffer, on its stack.
+const WATCHER_BUF: usize = 2048;
+
+/// Bytes a watcher may hold for its viewer before it stops reading.
+const INBOX_LIMIT: usize = 64 * 1024;
 
 /// The may backend.
 pub struct May;
@@ -267,7 +273,7 @@ fn serve_connection(service: Arc<Service>, mut stream: TcpStream, peer: SocketAd
     let _ = stream.set_nodelay(true);
     let waker = Waker::from(Arc::new(Unparker(coroutine::current())));
     let mut conn = Connection::new(service, Instant::now());
-    let mut watch: Option<Arc<Watch>> = None;
+    let mut watch: Option<Watcher> = None;
 
     loop {
         if let Err(err) = write_step(&mut stream, &mut conn, &waker) {
@@ -286,7 +292,7 @@ fn serve_connection(service: Arc<Service>, mut stream: TcpStream, peer: SocketAd
                 }
             }
         }
-        if let Err(err) = wait_step(&mut stream, &mut conn, &waker, watch.as_deref(), &span) {
+        if let Err(err) = wait_step(&mut stream, &mut conn, &waker, watch.as_ref(), &span) {
             tracing::debug!(%peer, cause = %err, "connection failed");
             break;
         }
@@ -338,15 +344,19 @@ fn wait_step(
     stream: &mut TcpStream,
     conn: &mut Connection,
     waker: &Waker,
-    watch: Option<&Watch>,
+    watch: Option<&Watcher>,
     span: &Span,
 ) -> io::Result<()> {
-    // A viewer: its mailbox and its watcher wake it; it never reads.
+    // A viewer: its mailbox and its watcher wake it; its watcher reads.
     if let Some(watch) = watch {
-        if conn.poll_events(waker) {
+        watch.deliver(conn, span);
+        let events = conn.poll_events(waker);
+        if events || !conn.output().is_empty() || conn.is_done() {
             return Ok(());
         }
-        if watch.peer_gone.load(Ordering::Acquire) {
+        if watch.shared.peer_gone.load(Ordering::Acquire) {
+            // Whatever came with the close goes in first.
+            watch.deliver(conn, span);
             conn.closed_by_peer();
             return Ok(());
         }
@@ -421,30 +431,77 @@ impl Wake for Unparker {
 
 /// What a viewer shares with its watcher.
 struct Watch {
+    /// Bytes the watcher read and the connection has not taken yet: a
+    /// WebSocket client's frames (an SSE connection ignores them). The
+    /// lock is held for a copy, never across a may call.
+    inbox: Mutex<Vec<u8>>,
     /// Set by the watcher when the client closed its side (or the
     /// socket failed); read by the connection before it parks.
     peer_gone: AtomicBool,
-    /// The connection coroutine, to unpark after setting the flag.
+    /// The connection coroutine, to unpark after new bytes or the close.
     viewer: Coroutine,
 }
 
+/// The connection's handle on its watcher.
+struct Watcher {
+    shared: Arc<Watch>,
+    /// The watcher coroutine, unparked when its full inbox was emptied.
+    coroutine: Coroutine,
+}
+
+impl Watcher {
+    /// Gives what the watcher read to the connection.
+    fn deliver(&self, conn: &mut Connection, span: &Span) {
+        let bytes = std::mem::take(&mut *lock(&self.shared.inbox));
+        if bytes.is_empty() {
+            return;
+        }
+        span.in_scope(|| conn.received(&bytes, Instant::now()));
+        if bytes.len() >= INBOX_LIMIT {
+            self.coroutine.unpark();
+        }
+    }
+}
+
 /// Starts the watcher of a viewer: a coroutine blocked in `read` on a
-/// copy of the socket, which tells the viewer when the client leaves.
-/// It ends then, or when the viewer shuts the socket down.
-fn start_watcher(stream: &TcpStream) -> io::Result<Arc<Watch>> {
+/// copy of the socket, which hands what the client sends to the viewer
+/// and tells it when the client leaves. It ends then, or when the viewer
+/// shuts the socket down.
+fn start_watcher(stream: &TcpStream) -> io::Result<Watcher> {
     let mut socket = stream.try_clone()?;
     socket.set_read_timeout(None)?;
-    let watch = Arc::new(Watch {
+    let shared = Arc::new(Watch {
+        inbox: Mutex::new(Vec::new()),
         peer_gone: AtomicBool::new(false),
         viewer: coroutine::current(),
     });
-    let theirs = watch.clone();
-    spawn_coroutine("watcher", Some(WATCHER_STACK_SIZE), move || {
-        // A viewer has nothing to say; whatever it sends is dropped.
-        let mut buf = [0u8; 64];
-        while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+    let theirs = shared.clone();
+    let handle = spawn_coroutine("watcher", Some(WATCHER_STACK_SIZE), move || {
+        let mut buf = [0u8; WATCHER_BUF];
+        while let Ok(n @ 1..) = socket.read(&mut buf) {
+            let backlog = {
+                let mut inbox = lock(&theirs.inbox);
+                inbox.extend_from_slice(&buf[..n]);
+                inbox.len()
+            };
+            theirs.viewer.unpark();
+            // A client that sends faster than its viewer takes it in
+            // waits here, in the kernel's buffers.
+            if backlog >= INBOX_LIMIT {
+                coroutine::park_timeout(STALL_CHECK);
+            }
+        }
         theirs.peer_gone.store(true, Ordering::Release);
         theirs.viewer.unpark();
     })?;
-    Ok(watch)
+    Ok(Watcher {
+        shared,
+        coroutine: handle.coroutine().clone(),
+    })
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (the watcher only appends bytes).
+fn lock(inbox: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -83,7 +83,7 @@
 use livecomment_core::{Connection, Runtime, RuntimeOptions, Service};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Wake, Waker};
 use std::thread::{self, Thread};
@@ -110,6 +110,12 @@ pub const STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// Read buffer size; it lives on the thread's stack during a read.
 const READ_BUF: usize = 4096;
+
+/// The watcher's read buffer, on its stack.
+const WATCHER_BUF: usize = 2048;
+
+/// Bytes a watcher may hold for its viewer before it stops reading.
+const INBOX_LIMIT: usize = 64 * 1024;
 
 /// The threads backend.
 pub struct Threads;
@@ -186,7 +192,7 @@ fn serve_connection(stream: TcpStream, mut conn: Connection, peer: SocketAddr) {
     let stream = Arc::new(stream);
     let waker = Waker::from(Arc::new(Unparker(thread::current())));
     let mut timeouts = Timeouts::default();
-    let mut watch: Option<Arc<Watch>> = None;
+    let mut watch: Option<Watcher> = None;
 
     loop {
         if let Err(err) = write_step(&stream, &mut conn, &waker, &mut timeouts) {
@@ -205,7 +211,7 @@ fn serve_connection(stream: TcpStream, mut conn: Connection, peer: SocketAddr) {
                 }
             }
         }
-        if let Err(err) = wait_step(&stream, &mut conn, &waker, watch.as_deref(), &mut timeouts) {
+        if let Err(err) = wait_step(&stream, &mut conn, &waker, watch.as_ref(), &mut timeouts) {
             tracing::debug!(cause = %err, "connection failed");
             break;
         }
@@ -251,15 +257,19 @@ fn wait_step(
     stream: &TcpStream,
     conn: &mut Connection,
     waker: &Waker,
-    watch: Option<&Watch>,
+    watch: Option<&Watcher>,
     timeouts: &mut Timeouts,
 ) -> io::Result<()> {
-    // A viewer: its mailbox and its watcher wake it; it never reads.
+    // A viewer: its mailbox and its watcher wake it; its watcher reads.
     if let Some(watch) = watch {
-        if conn.poll_events(waker) {
+        watch.deliver(conn);
+        let events = conn.poll_events(waker);
+        if events || !conn.output().is_empty() || conn.is_done() {
             return Ok(());
         }
-        if watch.peer_gone.load(Ordering::Acquire) {
+        if watch.shared.peer_gone.load(Ordering::Acquire) {
+            // Whatever came with the close goes in first.
+            watch.deliver(conn);
             conn.closed_by_peer();
             return Ok(());
         }
@@ -358,33 +368,79 @@ impl Wake for Unparker {
 
 /// What a viewer shares with its watcher.
 struct Watch {
+    /// Bytes the watcher read and the connection has not taken yet: a
+    /// WebSocket client's frames (an SSE connection ignores them).
+    inbox: Mutex<Vec<u8>>,
     /// Set by the watcher when the client closed its side (or the
     /// socket failed); read by the connection before it parks.
     peer_gone: AtomicBool,
-    /// The connection thread, to unpark after setting the flag.
+    /// The connection thread, to unpark after new bytes or the close.
     viewer: Thread,
 }
 
+/// The connection's handle on its watcher.
+struct Watcher {
+    shared: Arc<Watch>,
+    /// The watcher thread, unparked when its full inbox was emptied.
+    thread: Thread,
+}
+
+impl Watcher {
+    /// Gives what the watcher read to the connection.
+    fn deliver(&self, conn: &mut Connection) {
+        let bytes = std::mem::take(&mut *lock(&self.shared.inbox));
+        if bytes.is_empty() {
+            return;
+        }
+        conn.received(&bytes, Instant::now());
+        if bytes.len() >= INBOX_LIMIT {
+            self.thread.unpark();
+        }
+    }
+}
+
 /// Starts the watcher of a viewer: a thread blocked in `read` on the
-/// socket, which tells the viewer when the client leaves. It ends
-/// then, or when the viewer shuts the socket down.
-fn start_watcher(stream: &Arc<TcpStream>) -> io::Result<Arc<Watch>> {
+/// socket, which hands what the client sends to the viewer and tells it
+/// when the client leaves. It ends then, or when the viewer shuts the
+/// socket down.
+fn start_watcher(stream: &Arc<TcpStream>) -> io::Result<Watcher> {
     // The read timeout of the request phase would wake the watcher.
     stream.set_read_timeout(None)?;
-    let watch = Arc::new(Watch {
+    let shared = Arc::new(Watch {
+        inbox: Mutex::new(Vec::new()),
         peer_gone: AtomicBool::new(false),
         viewer: thread::current(),
     });
-    let (socket, theirs) = (stream.clone(), watch.clone());
-    thread::Builder::new()
+    let (socket, theirs) = (stream.clone(), shared.clone());
+    let handle = thread::Builder::new()
         .name("watcher".into())
         .stack_size(WATCHER_STACK_SIZE)
         .spawn(move || {
-            // A viewer has nothing to say; whatever it sends is dropped.
-            let mut buf = [0u8; 64];
-            while matches!((&*socket).read(&mut buf), Ok(n) if n > 0) {}
+            let mut buf = [0u8; WATCHER_BUF];
+            while let Ok(n @ 1..) = (&*socket).read(&mut buf) {
+                let backlog = {
+                    let mut inbox = lock(&theirs.inbox);
+                    inbox.extend_from_slice(&buf[..n]);
+                    inbox.len()
+                };
+                theirs.viewer.unpark();
+                // A client that sends faster than its viewer takes it
+                // in waits here, in the kernel's buffers.
+                if backlog >= INBOX_LIMIT {
+                    thread::park_timeout(STALL_CHECK);
+                }
+            }
             theirs.peer_gone.store(true, Ordering::Release);
             theirs.viewer.unpark();
         })?;
-    Ok(watch)
+    Ok(Watcher {
+        shared,
+        thread: handle.thread().clone(),
+    })
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (the watcher only appends bytes).
+fn lock(inbox: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
