@@ -1,6 +1,203 @@
 //! # livecomment-glommio: thread-per-core on io_uring
 //!
-//! (crate doc written below, once the glue works)
+//! Each of `--workers N` executors is a glommio `LocalExecutor` on a
+//! kernel thread of its own, pinned to one CPU with `Placement::Fixed`.
+//! A connection is a `!Send` future spawned with `spawn_local` onto the
+//! executor that accepted it, and it stays there for its whole life:
+//! glommio never moves a task to another thread, so there is no work
+//! stealing. The executor's io_uring carries the waiting (accepts,
+//! readiness polls, timer expiries, going to sleep); the bytes move with
+//! plain non-blocking `recv` and `send`, tried first on every read and
+//! write by glommio's `TcpStream`.
+//!
+//! ```text
+//!  thread "glommio-0", on CPU a          thread "glommio-1", on CPU b
+//!  ┌─ LocalExecutor 0 ───────────────┐     ┌─ LocalExecutor 1 ─────────┐
+//!  │ listener 0 (the one `run` got)  │     │ listener 1 (bind_another, │
+//!  │ tasks (spawn_local, !Send):     │     │  same port, SO_REUSEPORT) │
+//!  │   accept_loop                   │     │ tasks: accept_loop,       │
+//!  │   serve_connection peer1, …     │     │  serve_connection …       │
+//!  │ task queue: one poll at a time  │     │ its own task queue,       │
+//!  │ rings: main, latency, poll      │     │  rings and notifier       │
+//!  │ notifier: wakes from other      │◀───▶│                           │
+//!  │  threads (channel + eventfd)    │     │                           │
+//!  └───────────────┬─────────────────┘     └─────────────┬─────────────┘
+//!                  └────── one Arc<Service>, cloned ─────┘
+//!         hub: stream map, a Mutex per stream and per mailbox;
+//!         metrics and rate limits: shared by every executor thread
+//! ```
+//!
+//! `◀───▶` is a wake of a task on the other executor: it goes through
+//! the owner's notifier (see below). The thread that called `run` only
+//! waits: for every executor to start, then for any one to stop.
+//!
+//! glommio also starts one helper thread per executor, pinned to the
+//! same CPU: its pool for file operations and `spawn_blocking`, neither
+//! of which this glue uses.
+//!
+//! ## Where a connection's state lives
+//!
+//! In its task: the heap block glommio allocates at `spawn_local`,
+//! holding the `serve_connection` future. That future holds the core's
+//! [`Connection`], glommio's `TcpStream` (the socket and the sources of
+//! any polls it has armed) and the state of the `.await` it is stopped
+//! at (for `wait_step`, the keep-alive `Timer`). The 8 KiB read buffer
+//! is on the stack of one poll (`read_step`), not in the future. An idle
+//! viewer also has one readiness poll armed in its executor's ring, a
+//! timer entry in the executor's timer list, and its mailbox in the hub.
+//!
+//! ## How a viewer waits for three things at once
+//!
+//! glommio has no wait for bare readiness: its `poll_read` and
+//! `poll_write` move bytes when they complete. So `wait_step` is one
+//! `poll_fn` that, on every poll, tries in turn:
+//!
+//! 1. `read_step`, while the connection wants input: a `recv`; if the
+//!    socket is empty, glommio arms an io_uring poll for it and keeps the
+//!    task's waker with it;
+//! 2. `try_write`, while output is pending: a `send`, or a poll for room;
+//! 3. [`Connection::poll_events`] with the same waker, which the mailbox
+//!    keeps until a publisher makes it non-empty;
+//! 4. the deadline's `Timer`.
+//!
+//! The first that is ready ends the wait. All four hold the one task
+//! waker, so any of them makes the task run again, and the next poll
+//! looks at all four.
+//!
+//! ## How a comment's wake-up travels
+//!
+//! 1. The poster's task, on executor A, publishes: under the stream's
+//!    lock the hub pushes the event to every mailbox and takes the waker
+//!    of each viewer whose mailbox was empty; it wakes them after the
+//!    lock is released.
+//! 2. Each waker is a glommio task waker. Its `do_wake` (glommio's
+//!    `task/raw.rs`) compares the calling thread's executor with the
+//!    task's:
+//!    - **same executor** (the viewer is also on A): the task is marked
+//!      scheduled and pushed on A's task queue. No syscall, no lock.
+//!    - **another thread** (a viewer on executor B, or the signal thread
+//!      at shutdown): a clone of the waker is sent on B's notifier, a
+//!      cross-thread channel, and B's `eventfd` is written if B has said
+//!      it is about to sleep. B keeps a read of that `eventfd` armed in
+//!      its ring, so the write ends B's wait in the kernel. The first
+//!      wake that finds B's flag set clears it; until B says it is about
+//!      to sleep again, further wakes cost a channel send, no syscall.
+//! 3. Executor B takes the queued wakers on its next turn, and each
+//!    becomes a same-executor wake. The viewer's task runs
+//!    `poll_events`, which drains everything queued into one buffer, and
+//!    `write_step` writes it with one `send`.
+//!
+//! ## What can block what
+//!
+//! - **Within an executor**, everything shares one thread and glommio
+//!   cannot interrupt a poll. A slow request (an RSA token check, a
+//!   large history page) or a blocking call delays every other
+//!   connection of that executor. glommio's preemption timer works
+//!   between task queues and through `yield_if_needed`; this glue uses
+//!   one queue and never calls it, so a long poll runs to its end.
+//! - **Nothing rebalances.** The kernel picks the listener, and so the
+//!   executor, by a hash of the connection's addresses when it arrives.
+//!   A busy executor's connections wait even while another is idle.
+//! - **Across executors**, executors meet only in the shared
+//!   [`Service`]. The hub's locks are `parking_lot` mutexes: a contended
+//!   one parks the *thread*, and so the whole executor, not just the
+//!   task. A stream's lock is held by a publisher for the whole fan-out
+//!   to that stream's viewers; a subscribe, a viewer leaving (dropping a
+//!   `Viewer` takes the stream lock) or a post to the same stream on
+//!   another executor waits for it.
+//!
+//! ## How the hub is shared across executors, and what it costs
+//!
+//! `run` clones one `Arc<Service>` into every executor thread. So there
+//! is one hub for the process: one stream map, one `parking_lot::Mutex`
+//! per stream and one per mailbox, taken by whichever executor thread
+//! needs them. A stream's viewers can be on any executor (the kernel
+//! chooses by hash), so one stream's viewer slab mixes mailboxes whose
+//! tasks live on different executors. Compared with a strictly
+//! share-nothing design, with more than one executor this costs:
+//!
+//! - **A cross-core lock on a hot stream.** Posts, subscribes and leaves
+//!   from every executor take the same mutex, and the stream's state
+//!   moves between the cores' caches; contention stalls whole
+//!   executors, as above.
+//! - **A cross-thread wake per remote viewer.** The poster's executor
+//!   does the whole fan-out: it pushes into mailboxes whose owners run
+//!   on other cores (each push takes a lock the owner also takes), and
+//!   every remote viewer it wakes is a send on that executor's notifier
+//!   channel, plus an `eventfd` write when the owner sleeps. A local
+//!   viewer costs a queue push.
+//!
+//! A share-nothing version would look like this:
+//!
+//! 1. Each executor owns a shard of the viewers: its own mailboxes, in
+//!    `Rc`/`RefCell`, no locks, only same-executor wakers.
+//! 2. Each stream still numbers, stores and records its comments in one
+//!    place (a home executor, or a lock only publishers take), so ids
+//!    stay in order.
+//! 3. For each event, the hub forwards one copy per executor (an
+//!    `Event` is two `Bytes`: a reference count bump) over a channel
+//!    between executors, such as glommio's `shared_channel` or
+//!    `channel_mesh`: E - 1 cross-core messages per comment, whatever
+//!    the number of viewers.
+//! 4. A task on each executor takes the events off its channel and fans
+//!    them out to its local viewers.
+//! 5. A viewer resuming on executor B needs its replay and its first
+//!    live event to meet without a gap or a duplicate. With history in
+//!    one place and live events arriving over a channel, that takes a
+//!    hand-off protocol (for example: B notes the last id it forwarded
+//!    for the stream, asks for the replay up to it, and drops overlaps).
+//!
+//! This project keeps the shared hub, for three reasons the code shows:
+//!
+//! - The contract's rules (ids strictly increasing per stream; resume
+//!   with no gap and no duplicate) are enforced under one stream lock:
+//!   `Hub::publish` numbers, records and fans out under it, and
+//!   `Hub::subscribe` reads the replay and registers the mailbox under
+//!   the same lock. A sharded hub needs the protocol of step 5 instead.
+//! - The same hub serves all five backends, so the study compares
+//!   schedulers over one core, not five hubs.
+//! - With `--workers 1`, which `livecomment bench` passes by default,
+//!   there is one executor: every lock is uncontended and every wake is
+//!   a same-executor wake, so there is no cross-core traffic at all.
+//!   The one exception is shutdown, whose wakes come from the signal
+//!   thread.
+//!
+//! Read glommio's multi-executor figures with that in mind: they
+//! measure this shared hub on glommio, not thread-per-core at its best.
+//!
+//! ## Hazards
+//!
+//! - **io_uring.** glommio needs it (Linux 5.8 or later, not turned off
+//!   by `kernel.io_uring_disabled`, not blocked by a seccomp profile),
+//!   and panics when it is missing. `check_io_uring` first sets up and
+//!   closes a one-entry ring itself, so the failure becomes an error
+//!   that names the cause.
+//! - **Locked memory.** glommio refuses to start below 512 KiB of
+//!   `RLIMIT_MEMLOCK`; `check_memlock` reads `/proc/self/limits` and
+//!   says so in plain words. Each executor pins `IO_MEMORY` for its
+//!   rings; glommio's default (10 MiB) is more than the whole 8 MiB
+//!   allowed on these machines, so the glue asks for glommio's floor.
+//!   Other start-up failures, some of which glommio reports by
+//!   panicking, are caught in `run_executor` and returned by `run`.
+//! - **Pinning.** Executor `i` is pinned to the `i % len`-th CPU this
+//!   process may use (`Cpus_allowed_list`, so `taskset` and cgroups are
+//!   respected). More workers than allowed CPUs share CPUs.
+//! - **`!Send` tasks.** A connection's future never leaves its thread.
+//!   Only `Send` things cross executors: the `Arc<Service>` and the
+//!   `std::task::Waker`s held by mailboxes.
+//! - **Out of file descriptors**, `accept` fails: the accept loop sleeps
+//!   20 ms instead of spinning.
+//!
+//! ## Limitations
+//!
+//! - The hub is shared, not sharded: see above.
+//! - No load balancing after accept.
+//! - An executor that stops (a panic) stops the server: `run` returns
+//!   its error and the process exits.
+//!
+//! The glue follows the steps of `livecomment_core::conn`:
+//! `run` → `accept_loop` → `serve_connection` (`write_step`,
+//! `wait_step`, `read_step`).
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
