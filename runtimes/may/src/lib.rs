@@ -15,7 +15,7 @@
 //!  │ conn peer2 │ │ viewer peer3 │──┤   ├──────────────┤  │
 //!  └────────────┘ │  + watcher   │  ├──▶│ worker 1     │──┘
 //!                 └──────────────┘──┘   └──────────────┘
-//!                        timer thread: park_timeout / io timeouts
+//!     timer thread: io timeouts      alarm clock thread: viewers' deadlines
 //! ```
 //!
 //! A ready coroutine runs on whichever worker picks it up (may steals
@@ -35,8 +35,9 @@
 //! the client closing the socket, or its deadline (the keep-alive). A
 //! coroutine blocks in one call at a time, so:
 //!
-//! - the connection coroutine blocks in `park_timeout(deadline)`; the
-//!   hub's `Waker` for it is `Unparker`, which unparks it;
+//! - the connection coroutine blocks in `park()`; the hub's `Waker` for
+//!   it is `Unparker`, which unparks it, and the alarm clock (module
+//!   `alarm`) unparks it at its deadline;
 //! - its watcher blocks in `read` on a clone of the socket; at end of
 //!   file (or any error) it sets a flag and unparks the connection.
 //!
@@ -53,7 +54,7 @@
 //! poster's coroutine → hub pushes the event to the viewer's mailbox →
 //! the mailbox calls the waker → `Unparker::wake` unparks the viewer's
 //! coroutine → may puts it on a run queue → a worker resumes it inside
-//! `park_timeout` → it drains the mailbox and writes once.
+//! `park` → it drains the mailbox and writes once.
 //!
 //! ## What can block what
 //!
@@ -87,7 +88,7 @@
 //!    not a thread-local. `parking_lot`'s per-thread parking data is
 //!    used only inside one lock call, which never yields to may.
 //! 2. **No std blocking calls inside coroutines.** Sockets are may's,
-//!    waits are may's (`park_timeout`, `sleep`). The core does no I/O and
+//!    waits are may's (`park`, `park_timeout`, `sleep`). The core does no I/O and
 //!    its locks are held for microseconds.
 //! 3. **The stack is large enough.** may stacks do not grow; running
 //!    past the end hits a guard page (SIGSEGV) or, at the coroutine's
@@ -105,6 +106,11 @@
 //!   `taskset` in benchmarks: pinning is turned off.
 //! - may's timers keep one queue per distinct duration and can fire up
 //!   to a millisecond early; timeouts are rounded (see `time_left`).
+//! - `park_timeout` adds and removes a timer entry per park, and in may
+//!   0.3.51 an early wake can free that entry while the timer thread
+//!   still uses it (a crash under load): viewers, which park and wake
+//!   all the time, use a park with no timeout and our own alarm clock
+//!   instead (module `alarm`).
 //! - `TcpStream::set_read_timeout` also sets `SO_RCVTIMEO` on the
 //!   socket, refuses a zero duration, and `try_clone` copies it: the
 //!   watcher clears it on its copy.
@@ -130,6 +136,9 @@
 //! `run` → `accept_loop` → `serve_connection` (`write_step`,
 //! `wait_step`, `read_step`).
 
+mod alarm;
+
+use alarm::{Alarm, Clock};
 use livecomment_core::{Connection, Runtime, RuntimeOptions, Service};
 use may::coroutine::{self, Coroutine};
 use may::net::{TcpListener, TcpStream};
@@ -137,8 +146,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 use tracing::Span;
@@ -195,7 +204,10 @@ impl Runtime for May {
         // SAFETY: `into_raw_fd` hands over sole ownership of a valid,
         // listening socket; nothing else will use or close that fd.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-        let accept = spawn_coroutine("accept", None, move || accept_loop(service, listener))?;
+        let clock = Clock::start()?;
+        let accept = spawn_coroutine("accept", None, move || {
+            accept_loop(service, listener, clock)
+        })?;
         accept
             .join()
             .map_err(|_| io::Error::other("the accept loop panicked"))
@@ -246,12 +258,12 @@ where
 }
 
 /// Accepts connections forever, one coroutine each.
-fn accept_loop(service: Arc<Service>, listener: TcpListener) {
+fn accept_loop(service: Arc<Service>, listener: TcpListener, clock: Arc<Clock>) {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let service = service.clone();
-                let serve = move || serve_connection(service, stream, peer);
+                let (service, clock) = (service.clone(), clock.clone());
+                let serve = move || serve_connection(service, stream, peer, clock);
                 if let Err(err) = spawn_coroutine("conn", None, serve) {
                     // Out of memory for stacks: the socket is dropped.
                     tracing::warn!(%peer, cause = %err, "cannot start a coroutine");
@@ -268,7 +280,12 @@ fn accept_loop(service: Arc<Service>, listener: TcpListener) {
 }
 
 /// Drives one connection until it is done or the socket fails.
-fn serve_connection(service: Arc<Service>, mut stream: TcpStream, peer: SocketAddr) {
+fn serve_connection(
+    service: Arc<Service>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    clock: Arc<Clock>,
+) {
     let span = tracing::debug_span!("conn", runtime = "may", %peer);
     let _ = stream.set_nodelay(true);
     let waker = Waker::from(Arc::new(Unparker(coroutine::current())));
@@ -284,7 +301,7 @@ fn serve_connection(service: Arc<Service>, mut stream: TcpStream, peer: SocketAd
             break;
         }
         if conn.is_viewer() && watch.is_none() {
-            match start_watcher(&stream) {
+            match start_watcher(&stream, &clock) {
                 Ok(started) => watch = Some(started),
                 Err(err) => {
                     tracing::warn!(%peer, cause = %err, "cannot watch a viewer");
@@ -292,7 +309,7 @@ fn serve_connection(service: Arc<Service>, mut stream: TcpStream, peer: SocketAd
                 }
             }
         }
-        if let Err(err) = wait_step(&mut stream, &mut conn, &waker, watch.as_ref(), &span) {
+        if let Err(err) = wait_step(&mut stream, &mut conn, &waker, watch.as_mut(), &span) {
             tracing::debug!(%peer, cause = %err, "connection failed");
             break;
         }
@@ -344,7 +361,7 @@ fn wait_step(
     stream: &mut TcpStream,
     conn: &mut Connection,
     waker: &Waker,
-    watch: Option<&Watcher>,
+    watch: Option<&mut Watcher>,
     span: &Span,
 ) -> io::Result<()> {
     // A viewer: its mailbox and its watcher wake it; its watcher reads.
@@ -361,7 +378,10 @@ fn wait_step(
             return Ok(());
         }
         match conn.deadline() {
-            Some(at) if at > Instant::now() => coroutine::park_timeout(time_left(Some(at), None)),
+            Some(at) if at > Instant::now() => {
+                watch.alarm.arm(at, &watch.shared.viewer);
+                coroutine::park();
+            }
             Some(_) => {}
             None => coroutine::park(),
         }
@@ -447,6 +467,8 @@ struct Watcher {
     shared: Arc<Watch>,
     /// The watcher coroutine, unparked when its full inbox was emptied.
     coroutine: Coroutine,
+    /// Unparks the connection coroutine at its deadline (see `alarm`).
+    alarm: Alarm,
 }
 
 impl Watcher {
@@ -467,7 +489,7 @@ impl Watcher {
 /// copy of the socket, which hands what the client sends to the viewer
 /// and tells it when the client leaves. It ends then, or when the viewer
 /// shuts the socket down.
-fn start_watcher(stream: &TcpStream) -> io::Result<Watcher> {
+fn start_watcher(stream: &TcpStream, clock: &Arc<Clock>) -> io::Result<Watcher> {
     let mut socket = stream.try_clone()?;
     socket.set_read_timeout(None)?;
     let shared = Arc::new(Watch {
@@ -497,11 +519,14 @@ fn start_watcher(stream: &TcpStream) -> io::Result<Watcher> {
     Ok(Watcher {
         shared,
         coroutine: handle.coroutine().clone(),
+        alarm: Alarm::new(clock.clone()),
     })
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
 /// (the watcher only appends bytes).
 fn lock(inbox: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
-    inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    inbox
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
