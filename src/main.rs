@@ -121,7 +121,8 @@ struct ServeArgs {
     rate_burst: f64,
     #[arg(long, default_value_t = 4096)]
     backlog: u32,
-    /// Coroutine stack size in bytes (may only).
+    /// Stack size in bytes of a coroutine (may) or connection thread
+    /// (threads).
     #[arg(long)]
     stack_size: Option<usize>,
 }
@@ -175,9 +176,14 @@ fn serve(args: ServeArgs) -> Result<()> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = RuntimeOptions {
+        workers,
+        backlog: args.backlog,
+        stack_size: args.stack_size,
+    };
     let auth = Authenticator::new(&auth_config(&args)?)?;
     let config = Config {
-        max_connections: args.max_connections,
+        max_connections: max_connections(args.runtime, args.max_connections, &options),
         max_body: args.max_body,
         max_head: args.max_head,
         max_headers: args.max_headers,
@@ -197,11 +203,6 @@ fn serve(args: ServeArgs) -> Result<()> {
     announce(addr, runtime_name, workers)?;
     spawn_signal_handler(service.clone())?;
 
-    let options = RuntimeOptions {
-        workers,
-        backlog: args.backlog,
-        stack_size: args.stack_size,
-    };
     match args.runtime {
         RuntimeName::Tokio => livecomment_tokio::Tokio::run(service, listener, &options)?,
         RuntimeName::May => livecomment_may::May::run(service, listener, &options)?,
@@ -210,6 +211,30 @@ fn serve(args: ServeArgs) -> Result<()> {
         RuntimeName::Threads => livecomment_threads::Threads::run(service, listener, &options)?,
     }
     Ok(())
+}
+
+/// `--max-connections`, lowered to what the runtime can hold on this
+/// machine if that is less (threads: see `livecomment_threads::budget`).
+fn max_connections(runtime: RuntimeName, configured: usize, options: &RuntimeOptions) -> usize {
+    let limit = match runtime {
+        RuntimeName::Tokio => livecomment_tokio::Tokio::connection_limit(options),
+        RuntimeName::May => livecomment_may::May::connection_limit(options),
+        RuntimeName::Glommio => livecomment_glommio::Glommio::connection_limit(options),
+        RuntimeName::Mio => livecomment_mio::Mio::connection_limit(options),
+        RuntimeName::Threads => livecomment_threads::Threads::connection_limit(options),
+    };
+    match limit {
+        Some(limit) if limit.max < configured => {
+            tracing::warn!(
+                configured,
+                lowered_to = limit.max,
+                reason = %limit.reason,
+                "--max-connections is more than this runtime can hold on this machine: lowered"
+            );
+            limit.max
+        }
+        _ => configured,
+    }
 }
 
 fn runtime_name(runtime: RuntimeName) -> &'static str {

@@ -70,5 +70,5 @@ pub mod ws;
 pub use config::Config;
 pub use conn::Connection;
 pub use error::ApiError;
-pub use runtime::{Runtime, RuntimeOptions};
+pub use runtime::{ConnectionLimit, Runtime, RuntimeOptions};
 pub use service::Service;

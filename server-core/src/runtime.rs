@@ -10,7 +10,9 @@
 //! - provide a timer for [`crate::Connection::deadline`];
 //! - provide a `Waker` that makes that task run again: a future's
 //!   context waker, an unpark of a coroutine or thread, or a
-//!   `mio::Waker` with the connection's token.
+//!   `mio::Waker` with the connection's token;
+//! - if it cannot hold as many connections as memory allows, say how
+//!   many it can ([`Runtime::connection_limit`]).
 //!
 //! Each runtime crate implements [`Runtime`] with the same steps, named
 //! the same way (`run` → `accept_loop` → `serve_connection`, whose loop
@@ -33,10 +35,30 @@ pub struct RuntimeOptions {
     pub stack_size: Option<usize>,
 }
 
+/// A bound a runtime puts on open connections of its own accord, and
+/// what sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimit {
+    /// The most connections the runtime can hold.
+    pub max: usize,
+    /// What sets it, with the numbers, for the start-up log.
+    pub reason: String,
+}
+
 /// A scheduler that serves the live-comment service.
 pub trait Runtime {
     /// The name used on the command line and in metrics.
     const NAME: &'static str;
+
+    /// The most connections this runtime can hold on this machine with
+    /// `options`, when something other than memory and file descriptors
+    /// bounds it (a kernel thread per connection does). Asked once at
+    /// start-up: the binary lowers [`crate::Config::max_connections`] to
+    /// it, so connections past it get the core's 503 instead of failing
+    /// inside the runtime. The default: no bound of its own.
+    fn connection_limit(_options: &RuntimeOptions) -> Option<ConnectionLimit> {
+        None
+    }
 
     /// Serves connections from `listener` (already bound and listening,
     /// non-blocking) until the process exits. Returns only on a start-up

@@ -14,9 +14,10 @@ use crate::perf;
 fn single_cpu_set(cpu: usize) -> libc::cpu_set_t {
     // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET indexes the bit array; it is unsafe only because
-    // an out-of-range CPU would write past it, and `cpu` is checked.
     if cpu < libc::CPU_SETSIZE as usize {
+        // SAFETY: CPU_SET indexes the bit array; it is unsafe only
+        // because an out-of-range CPU would write past it, and `cpu` is
+        // checked.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
     set

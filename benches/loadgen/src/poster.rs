@@ -301,10 +301,10 @@ fn read_replies(mut stream: TcpStream, plan: &PostPlan, rx: Receiver<Sent>) -> R
 
     loop {
         writer_done_at = writer_done_at.or_else(|| drain_sent(&rx, &mut pending));
-        if let Some(done) = writer_done_at {
-            if pending.is_empty() || done.elapsed() > REPLY_GRACE {
-                break;
-            }
+        if let Some(done) = writer_done_at
+            && (pending.is_empty() || done.elapsed() > REPLY_GRACE)
+        {
+            break;
         }
         match stream.read(&mut buf) {
             Ok(0) => {

@@ -217,6 +217,10 @@ impl Viewers {
         self.tasks.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
     /// Viewers whose response head arrived.
     pub fn streaming(&self) -> usize {
         self.board.streaming.get()

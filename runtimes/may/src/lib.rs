@@ -124,7 +124,11 @@
 //! - A refused connection (past `--max-connections`) still gets a
 //!   coroutine for the few microseconds it takes to write its 503.
 //! - A viewer costs two file descriptors (the watcher reads a `dup` of
-//!   the socket, because a may socket serves one blocked coroutine).
+//!   the socket, because a may socket serves one blocked coroutine), so
+//!   one process holds at most half as many viewers as its open-files
+//!   limit allows: `connection_limit` lowers `--max-connections` to
+//!   that (9,950 under this machine's cap of 20,000), and connections
+//!   past it get the core's 503.
 //! - An idle viewer costs about 24 KiB against tokio's 2 KiB (README),
 //!   mostly stack pages: those its request touched, the page may marks
 //!   at the bottom of each stack, and the watcher's two pages. One
@@ -139,7 +143,7 @@
 mod alarm;
 
 use alarm::{Alarm, Clock};
-use livecomment_core::{Connection, Runtime, RuntimeOptions, Service};
+use livecomment_core::{Connection, ConnectionLimit, Runtime, RuntimeOptions, Service};
 use may::coroutine::{self, Coroutine};
 use may::net::{TcpListener, TcpStream};
 use std::io::{self, ErrorKind, Read, Write};
@@ -176,6 +180,13 @@ pub const STALL_CHECK: Duration = Duration::from_secs(1);
 /// Read buffer size; it lives on the coroutine's stack during a read.
 const READ_BUF: usize = 4096;
 
+/// File descriptors of a viewer: its socket and the watcher's `dup`.
+const FDS_PER_VIEWER: usize = 2;
+
+/// File descriptors kept for the process's own use (listener, epoll
+/// instances, log files, the refused connections' brief sockets).
+const FD_RESERVE: usize = 100;
+
 /// The watcher's read buffer, on its stack.
 const WATCHER_BUF: usize = 2048;
 
@@ -187,6 +198,26 @@ pub struct May;
 
 impl Runtime for May {
     const NAME: &'static str = "may";
+
+    /// A viewer holds two file descriptors (its socket and the watcher's
+    /// `dup`), so past half the open-files limit a viewer could be
+    /// accepted and then fail to start its watcher.
+    fn connection_limit(_options: &RuntimeOptions) -> Option<ConnectionLimit> {
+        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+        let open_files: usize = limits
+            .lines()
+            .find_map(|line| line.strip_prefix("Max open files"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        let max = open_files.saturating_sub(FD_RESERVE) / FDS_PER_VIEWER;
+        let reason = format!(
+            "a may viewer holds {FDS_PER_VIEWER} file descriptors and the open-files \
+             limit is {open_files} ({FD_RESERVE} kept for the process itself)"
+        );
+        Some(ConnectionLimit { max, reason })
+    }
 
     fn run(
         service: Arc<Service>,

@@ -68,8 +68,19 @@
 //!   queues and caches work harder than a few workers would.
 //! - **Limits.** Thread count is bounded by `--max-connections` (past
 //!   it the core answers 503, written by the accept thread: a refused
-//!   connection never gets a thread) plus one watcher per viewer, and
-//!   by the system's `threads-max`, `pid_max` and `vm.max_map_count`.
+//!   connection never gets a thread) plus one watcher per viewer. The
+//!   machine bounds it too, and one of its limits is fatal: every
+//!   thread takes four memory mappings, and when `vm.max_map_count`
+//!   runs out std aborts the process from inside the new thread. So
+//!   [`Threads::connection_limit`] computes at start-up how many
+//!   connections the machine can hold (the [`budget`] module: mappings
+//!   left under `vm.max_map_count`, tasks left under `pid_max`,
+//!   `threads-max` and `RLIMIT_NPROC`, less reserves, two threads per
+//!   connection), and the binary lowers `--max-connections` to it with
+//!   a warning. With the defaults (65,530 mappings) that is about 7,500
+//!   connections. A spawn that fails anyway (a cgroup's `pids.max`,
+//!   which is not read, or another process taking the last pids) drops
+//!   that connection and the accept loop backs off for 20 ms.
 //!
 //! A viewer whose client stops reading blocks in `write`; the hub
 //! cannot interrupt it, so that write is bounded by [`STALL_CHECK`]: a
@@ -78,13 +89,16 @@
 //!
 //! The glue follows the steps of `livecomment_core::conn`:
 //! `run` → `accept_loop` → `serve_connection` (`write_step`,
-//! `wait_step`, `read_step`).
+//! `wait_step`, `read_step`). The [`budget`] module holds the start-up
+//! arithmetic of the limits above.
 
-use livecomment_core::{Connection, Runtime, RuntimeOptions, Service};
+pub mod budget;
+
+use livecomment_core::{Connection, ConnectionLimit, Runtime, RuntimeOptions, Service};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -122,6 +136,12 @@ pub struct Threads;
 
 impl Runtime for Threads {
     const NAME: &'static str = "threads";
+
+    /// What this machine's memory mappings and tasks allow, two threads
+    /// a connection, besides the accept threads: see [`budget`].
+    fn connection_limit(options: &RuntimeOptions) -> Option<ConnectionLimit> {
+        budget::connection_limit(&budget::Machine::read(), options.workers.max(1))
+    }
 
     fn run(
         service: Arc<Service>,
@@ -442,5 +462,7 @@ fn start_watcher(stream: &Arc<TcpStream>) -> io::Result<Watcher> {
 /// Locks a mutex whose data stays consistent even if a holder panicked
 /// (the watcher only appends bytes).
 fn lock(inbox: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
-    inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    inbox
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
