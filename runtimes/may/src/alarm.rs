@@ -10,28 +10,29 @@
 //! process died in `Park::remove_timeout_handle` with a SIGSEGV or a
 //! corrupted heap, every run.
 //!
-//! So viewers park with no timeout, and one kernel thread, the alarm
-//! clock, unparks each at its deadline:
+//! So viewers wait with no timeout, and one kernel thread, the alarm
+//! clock, wakes each at its deadline:
 //!
-//! 1. Before it parks, a viewer [`arms`](Alarm::arm) its alarm for its
+//! 1. Before it waits, a viewer [`arms`](Alarm::arm) its alarm for its
 //!    deadline, unless an alarm it armed before is still pending and
 //!    rings no later: deadlines only move later while comments flow, so
 //!    a viewer arms about once per keep-alive period, not once per wake.
 //! 2. The clock keeps the alarms in a heap, sleeps until the earliest,
-//!    pops every alarm that is due and unparks its viewer.
+//!    pops every alarm that is due and wakes its viewer.
 //! 3. An alarm that rings early (its viewer's deadline has since moved
 //!    later) costs one spurious wake: the viewer finds its deadline not
-//!    reached, arms again and parks.
+//!    reached, arms again and waits.
 //!
-//! The clock is a plain thread, not a coroutine, so nothing it does can
-//! hold up a may worker; coroutines take its lock only to push one
-//! entry.
+//! A viewer's alarm is its `Waker`, the same one the hub calls for new
+//! events: it ends the viewer's `wait_io`. The clock is a plain thread,
+//! not a coroutine, so nothing it does can hold up a may worker;
+//! coroutines take its lock only to push one entry.
 
-use may::coroutine::Coroutine;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 use std::time::Instant;
 
 /// The alarm clock every viewer of this server shares.
@@ -47,7 +48,7 @@ pub struct Clock {
 /// One pending alarm.
 struct Ring {
     at: Instant,
-    viewer: Coroutine,
+    viewer: Waker,
 }
 
 impl Clock {
@@ -64,7 +65,7 @@ impl Clock {
         Ok(clock)
     }
 
-    fn set(&self, at: Instant, viewer: &Coroutine) {
+    fn set(&self, at: Instant, viewer: &Waker) {
         let mut alarms = self.lock();
         let earliest = alarms.peek().is_none_or(|Reverse(next)| at < next.at);
         let viewer = viewer.clone();
@@ -91,7 +92,7 @@ impl Clock {
             }
             if !due.is_empty() {
                 drop(alarms);
-                due.drain(..).for_each(|viewer| viewer.unpark());
+                due.drain(..).for_each(Waker::wake);
                 alarms = self.lock();
                 continue;
             }
@@ -146,8 +147,8 @@ impl Alarm {
         Alarm { clock, armed: None }
     }
 
-    /// Makes sure `viewer` is unparked at `at` or earlier (step 1).
-    pub fn arm(&mut self, at: Instant, viewer: &Coroutine) {
+    /// Makes sure `viewer` is woken at `at` or earlier (step 1).
+    pub fn arm(&mut self, at: Instant, viewer: &Waker) {
         let pending = self
             .armed
             .is_some_and(|armed| armed > Instant::now() && armed <= at);

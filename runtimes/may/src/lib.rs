@@ -143,15 +143,15 @@
 mod alarm;
 
 use alarm::{Alarm, Clock};
-use livecomment_core::{Connection, ConnectionLimit, Runtime, RuntimeOptions, Service};
-use may::coroutine::{self, Coroutine};
+use livecomment_core::{Connection, Runtime, RuntimeOptions, Service};
+use may::coroutine;
+use may::io::{WaitIo, WaitIoWaker};
 use may::net::{TcpListener, TcpStream};
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 use tracing::Span;
@@ -168,56 +168,14 @@ pub const DEFAULT_STACK_SIZE: usize = if cfg!(debug_assertions) {
     48 * 1024
 };
 
-/// Stack of a viewer's watcher, in bytes: it only reads into a small
-/// buffer. Measured: 1,296 bytes, 4,816 with `RUST_LOG=trace` (may's
-/// own log lines are formatted on it).
-const WATCHER_STACK_SIZE: usize = 16 * 1024;
-
-/// How long a viewer blocked in `write` waits before looking at its
-/// mailbox again (to notice its eviction).
-pub const STALL_CHECK: Duration = Duration::from_secs(1);
-
 /// Read buffer size; it lives on the coroutine's stack during a read.
 const READ_BUF: usize = 4096;
-
-/// File descriptors of a viewer: its socket and the watcher's `dup`.
-const FDS_PER_VIEWER: usize = 2;
-
-/// File descriptors kept for the process's own use (listener, epoll
-/// instances, log files, the refused connections' brief sockets).
-const FD_RESERVE: usize = 100;
-
-/// The watcher's read buffer, on its stack.
-const WATCHER_BUF: usize = 2048;
-
-/// Bytes a watcher may hold for its viewer before it stops reading.
-const INBOX_LIMIT: usize = 64 * 1024;
 
 /// The may backend.
 pub struct May;
 
 impl Runtime for May {
     const NAME: &'static str = "may";
-
-    /// A viewer holds two file descriptors (its socket and the watcher's
-    /// `dup`), so past half the open-files limit a viewer could be
-    /// accepted and then fail to start its watcher.
-    fn connection_limit(_options: &RuntimeOptions) -> Option<ConnectionLimit> {
-        let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-        let open_files: usize = limits
-            .lines()
-            .find_map(|line| line.strip_prefix("Max open files"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        let max = open_files.saturating_sub(FD_RESERVE) / FDS_PER_VIEWER;
-        let reason = format!(
-            "a may viewer holds {FDS_PER_VIEWER} file descriptors and the open-files \
-             limit is {open_files} ({FD_RESERVE} kept for the process itself)"
-        );
-        Some(ConnectionLimit { max, reason })
-    }
 
     fn run(
         service: Arc<Service>,
@@ -319,50 +277,54 @@ fn serve_connection(
 ) {
     let span = tracing::debug_span!("conn", runtime = "may", %peer);
     let _ = stream.set_nodelay(true);
-    let waker = Waker::from(Arc::new(Unparker(coroutine::current())));
+    let waker = Waker::from(Arc::new(IoWaker(stream.waker())));
+    let mut alarm = Alarm::new(clock);
     let mut conn = Connection::new(service, Instant::now());
-    let mut watch: Option<Watcher> = None;
+    // Set once the connection streams events; from then on it never
+    // blocks in a read or a write, only in `wait_io` (see `wait_step`).
+    let mut streaming = false;
 
     loop {
-        if let Err(err) = write_step(&mut stream, &mut conn, &waker) {
+        streaming |= conn.is_viewer();
+        if let Err(err) = write_step(&mut stream, &mut conn, streaming) {
             tracing::debug!(%peer, cause = %err, "write failed");
             break;
         }
         if conn.is_done() {
             break;
         }
-        if conn.is_viewer() && watch.is_none() {
-            match start_watcher(&stream, &clock) {
-                Ok(started) => watch = Some(started),
-                Err(err) => {
-                    tracing::warn!(%peer, cause = %err, "cannot watch a viewer");
-                    break;
-                }
-            }
-        }
-        if let Err(err) = wait_step(&mut stream, &mut conn, &waker, watch.as_mut(), &span) {
+        let waited = if streaming {
+            wait_step_streaming(&stream, &mut conn, &waker, &mut alarm, &span)
+        } else {
+            wait_step(&mut stream, &mut conn, &span)
+        };
+        if let Err(err) = waited {
             tracing::debug!(%peer, cause = %err, "connection failed");
             break;
         }
     }
-
-    // Wakes the watcher (its read ends) and sends the FIN now: the
-    // watcher's copy of the socket would otherwise keep it open.
-    let _ = stream.shutdown(Shutdown::Both);
 }
 
-/// Writes the whole output, blocking this coroutine (not its worker)
-/// while the socket is full, but never past the deadline; a viewer
-/// looks at its mailbox every [`STALL_CHECK`] while stuck.
-fn write_step(stream: &mut TcpStream, conn: &mut Connection, waker: &Waker) -> io::Result<()> {
+/// Writes the output: straight to the socket while it has room (no
+/// timer, no extra syscall). When it is full, a request blocks this
+/// coroutine (not its worker) in may's `write` until the deadline; a
+/// streaming connection returns and waits for room in its wait step,
+/// along with everything else it waits for.
+fn write_step(stream: &mut TcpStream, conn: &mut Connection, streaming: bool) -> io::Result<()> {
     while !conn.output().is_empty() {
-        match write_some(stream, conn) {
+        let written = match stream.inner().write(conn.output()) {
+            Err(err) if err.kind() == ErrorKind::WouldBlock && streaming => return Ok(()),
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                stream.set_write_timeout(Some(time_left(conn.deadline())))?;
+                stream.write(conn.output())
+            }
+            done => done,
+        };
+        match written {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => conn.consume(n),
             Err(err) if is_timeout(&err) => {
                 conn.on_deadline(Instant::now());
-                // A stalled viewer: has it been evicted meanwhile?
-                conn.poll_events(waker);
                 if conn.is_done() {
                     return Ok(());
                 }
@@ -373,68 +335,23 @@ fn write_step(stream: &mut TcpStream, conn: &mut Connection, waker: &Waker) -> i
     Ok(())
 }
 
-/// One write: straight to the socket when it has room (no timer, no
-/// extra syscall), else a blocking may write bounded by the deadline.
-fn write_some(stream: &mut TcpStream, conn: &Connection) -> io::Result<usize> {
-    match stream.inner().write(conn.output()) {
-        Err(err) if err.kind() == ErrorKind::WouldBlock => {
-            let limit = conn.is_viewer().then_some(STALL_CHECK);
-            stream.set_write_timeout(Some(time_left(conn.deadline(), limit)))?;
-            stream.write(conn.output())
-        }
-        done => done,
-    }
-}
-
-/// Waits for whichever comes first (the socket, the viewer's mailbox,
-/// the deadline) and feeds it to the connection.
-fn wait_step(
-    stream: &mut TcpStream,
-    conn: &mut Connection,
-    waker: &Waker,
-    watch: Option<&mut Watcher>,
-    span: &Span,
-) -> io::Result<()> {
-    // A viewer: its mailbox and its watcher wake it; its watcher reads.
-    if let Some(watch) = watch {
-        watch.deliver(conn, span);
-        let events = conn.poll_events(waker);
-        if events || !conn.output().is_empty() || conn.is_done() {
-            return Ok(());
-        }
-        if watch.shared.peer_gone.load(Ordering::Acquire) {
-            // Whatever came with the close goes in first.
-            watch.deliver(conn, span);
-            conn.closed_by_peer();
-            return Ok(());
-        }
-        match conn.deadline() {
-            Some(at) if at > Instant::now() => {
-                watch.alarm.arm(at, &watch.shared.viewer);
-                coroutine::park();
-            }
-            Some(_) => {}
-            None => coroutine::park(),
-        }
-        conn.on_deadline(Instant::now());
-        return Ok(());
-    }
-
-    // A request: block in `read` until bytes arrive or the deadline.
+/// A request: waits for bytes from the client or the deadline and feeds
+/// whichever came first to the connection.
+fn wait_step(stream: &mut TcpStream, conn: &mut Connection, span: &Span) -> io::Result<()> {
     if conn.wants_read() {
         return read_step(stream, conn, span);
     }
     // Nothing to read or write (should not last): sleep to the deadline.
-    coroutine::sleep(time_left(conn.deadline(), None));
+    coroutine::sleep(time_left(conn.deadline()));
     conn.on_deadline(Instant::now());
     Ok(())
 }
 
-/// Reads what the socket has into the connection, waiting for it at
-/// most until the deadline.
+/// Reads what the socket has into the connection, blocking this
+/// coroutine in may's `read` at most until the deadline.
 fn read_step(stream: &mut TcpStream, conn: &mut Connection, span: &Span) -> io::Result<()> {
     let mut buf = [0u8; READ_BUF];
-    stream.set_read_timeout(Some(time_left(conn.deadline(), None)))?;
+    stream.set_read_timeout(Some(time_left(conn.deadline())))?;
     match stream.read(&mut buf) {
         Ok(0) => conn.closed_by_peer(),
         Ok(n) => span.in_scope(|| conn.received(&buf[..n], Instant::now())),
@@ -444,19 +361,69 @@ fn read_step(stream: &mut TcpStream, conn: &mut Connection, span: &Span) -> io::
     Ok(())
 }
 
-/// Time until `deadline` (capped at `limit`) for a may timer: whole
-/// milliseconds, rounded up, plus one.
+/// A streaming connection (an SSE or WebSocket viewer) waits for four
+/// things at once: events in its mailbox, bytes or a close from its
+/// client, room in a full socket, and its deadline. One call waits for
+/// all of them: may's `wait_io` parks the coroutine until the socket
+/// reports any readiness or the connection's `WaitIoWaker` is called,
+/// and that waker is the one the hub calls for new events and the
+/// alarm clock calls at the deadline.
+///
+/// Every source is looked at before the wait, so nothing that happened
+/// since the last wait is missed: a wake-up that comes while the
+/// coroutine runs is kept as a flag and ends the next `wait_io` at once.
+fn wait_step_streaming(
+    stream: &TcpStream,
+    conn: &mut Connection,
+    waker: &Waker,
+    alarm: &mut Alarm,
+    span: &Span,
+) -> io::Result<()> {
+    if conn.poll_events(waker) {
+        return Ok(());
+    }
+    if conn.wants_read() && read_ready(stream, conn, span)? {
+        return Ok(());
+    }
+    let now = Instant::now();
+    match conn.deadline() {
+        Some(at) if at <= now => {
+            conn.on_deadline(now);
+            return Ok(());
+        }
+        Some(at) => alarm.arm(at, waker),
+        None => {}
+    }
+    stream.wait_io();
+    Ok(())
+}
+
+/// Reads without waiting; `true` when bytes or the client's close were
+/// fed to the connection, `false` when the socket had nothing.
+fn read_ready(stream: &TcpStream, conn: &mut Connection, span: &Span) -> io::Result<bool> {
+    let mut buf = [0u8; READ_BUF];
+    match stream.inner().read(&mut buf) {
+        Ok(0) => conn.closed_by_peer(),
+        Ok(n) => span.in_scope(|| conn.received(&buf[..n], Instant::now())),
+        Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(false),
+        Err(err) if err.kind() == ErrorKind::Interrupted => return Ok(false),
+        Err(err) => return Err(err),
+    }
+    Ok(true)
+}
+
+/// Time until `deadline` for a may timer: whole milliseconds, rounded
+/// up, plus one.
 ///
 /// may's timers keep one queue per distinct duration, in nanoseconds,
 /// and fire up to a millisecond early; in our tests a park of under a
 /// millisecond was sometimes not woken by its timer at all. Whole
-/// milliseconds let viewers share queues (every keep-alive is the same
-/// 15 s) and the extra one puts the wake-up after the deadline.
-fn time_left(deadline: Option<Instant>, limit: Option<Duration>) -> Duration {
+/// milliseconds let connections share queues and the extra one puts
+/// the wake-up after the deadline.
+fn time_left(deadline: Option<Instant>) -> Duration {
     let left = deadline.map_or(Duration::MAX, |at| {
         at.saturating_duration_since(Instant::now())
     });
-    let left = left.min(limit.unwrap_or(Duration::MAX));
     let millis = left.as_millis().min(3_600_000) as u64;
     Duration::from_millis(millis + 1)
 }
@@ -465,99 +432,18 @@ fn is_timeout(err: &io::Error) -> bool {
     matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock)
 }
 
-/// The hub's `Waker` for a connection coroutine: unparks it. may's
-/// unpark keeps a token, so a wake that comes before the park is not
-/// lost: the next `park_timeout` returns at once.
-struct Unparker(Coroutine);
+/// The hub's (and the alarm clock's) `Waker` for a connection: ends its
+/// coroutine's `wait_io`. A wake while the coroutine is not waiting sets
+/// a flag on the socket, so the next `wait_io` returns at once and no
+/// wake is lost.
+struct IoWaker(WaitIoWaker);
 
-impl Wake for Unparker {
+impl Wake for IoWaker {
     fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        self.0.wakeup();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
+        self.0.wakeup();
     }
-}
-
-/// What a viewer shares with its watcher.
-struct Watch {
-    /// Bytes the watcher read and the connection has not taken yet: a
-    /// WebSocket client's frames (an SSE connection ignores them). The
-    /// lock is held for a copy, never across a may call.
-    inbox: Mutex<Vec<u8>>,
-    /// Set by the watcher when the client closed its side (or the
-    /// socket failed); read by the connection before it parks.
-    peer_gone: AtomicBool,
-    /// The connection coroutine, to unpark after new bytes or the close.
-    viewer: Coroutine,
-}
-
-/// The connection's handle on its watcher.
-struct Watcher {
-    shared: Arc<Watch>,
-    /// The watcher coroutine, unparked when its full inbox was emptied.
-    coroutine: Coroutine,
-    /// Unparks the connection coroutine at its deadline (see `alarm`).
-    alarm: Alarm,
-}
-
-impl Watcher {
-    /// Gives what the watcher read to the connection.
-    fn deliver(&self, conn: &mut Connection, span: &Span) {
-        let bytes = std::mem::take(&mut *lock(&self.shared.inbox));
-        if bytes.is_empty() {
-            return;
-        }
-        span.in_scope(|| conn.received(&bytes, Instant::now()));
-        if bytes.len() >= INBOX_LIMIT {
-            self.coroutine.unpark();
-        }
-    }
-}
-
-/// Starts the watcher of a viewer: a coroutine blocked in `read` on a
-/// copy of the socket, which hands what the client sends to the viewer
-/// and tells it when the client leaves. It ends then, or when the viewer
-/// shuts the socket down.
-fn start_watcher(stream: &TcpStream, clock: &Arc<Clock>) -> io::Result<Watcher> {
-    let mut socket = stream.try_clone()?;
-    socket.set_read_timeout(None)?;
-    let shared = Arc::new(Watch {
-        inbox: Mutex::new(Vec::new()),
-        peer_gone: AtomicBool::new(false),
-        viewer: coroutine::current(),
-    });
-    let theirs = shared.clone();
-    let handle = spawn_coroutine("watcher", Some(WATCHER_STACK_SIZE), move || {
-        let mut buf = [0u8; WATCHER_BUF];
-        while let Ok(n @ 1..) = socket.read(&mut buf) {
-            let backlog = {
-                let mut inbox = lock(&theirs.inbox);
-                inbox.extend_from_slice(&buf[..n]);
-                inbox.len()
-            };
-            theirs.viewer.unpark();
-            // A client that sends faster than its viewer takes it in
-            // waits here, in the kernel's buffers.
-            if backlog >= INBOX_LIMIT {
-                coroutine::park_timeout(STALL_CHECK);
-            }
-        }
-        theirs.peer_gone.store(true, Ordering::Release);
-        theirs.viewer.unpark();
-    })?;
-    Ok(Watcher {
-        shared,
-        coroutine: handle.coroutine().clone(),
-        alarm: Alarm::new(clock.clone()),
-    })
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked
-/// (the watcher only appends bytes).
-fn lock(inbox: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
-    inbox
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
