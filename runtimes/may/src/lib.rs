@@ -2,7 +2,7 @@
 //!
 //! Each connection is a coroutine with a stack of its own, written as
 //! plain blocking code, the way a goroutine would be: `read`, `write`,
-//! `park`. may's reads and writes look blocking, but when the socket is
+//! `sleep`. may's reads and writes look blocking, but when the socket is
 //! not ready they save the coroutine's registers, register the socket
 //! with the worker's epoll, and switch to another ready coroutine.
 //!
@@ -13,7 +13,7 @@
 //!  └──────────────┘ └────────────┘  ├──▶│ worker 0     │──┐ epoll_wait
 //!  ┌────────────┐ ┌──────────────┐  │   │ (run queue)  │  ├───────────▶ sockets
 //!  │ conn peer2 │ │ viewer peer3 │──┤   ├──────────────┤  │
-//!  └────────────┘ │  + watcher   │  ├──▶│ worker 1     │──┘
+//!  └────────────┘ │  (wait_io)   │  ├──▶│ worker 1     │──┘
 //!                 └──────────────┘──┘   └──────────────┘
 //!     timer thread: io timeouts      alarm clock thread: viewers' deadlines
 //! ```
@@ -25,36 +25,46 @@
 //! ## Where a connection's state lives
 //!
 //! On its coroutine's stack: the [`Connection`], the socket and the
-//! read buffer are locals of `serve_connection`. A viewer also has a
-//! second, tiny coroutine, its *watcher*, and shares with it only an
-//! `Arc<Watch>` (a flag and the connection coroutine's handle).
+//! read buffer are locals of `serve_connection`. Besides the stack,
+//! a connection owns one `Arc` (its waker) and, once it streams, a
+//! place in the alarm clock's heap.
 //!
-//! ## How a viewer waits for three things at once
+//! ## Requests block; viewers wait for four things at once
 //!
-//! A viewer must wake for whichever comes first: events in its mailbox,
-//! the client closing the socket, or its deadline (the keep-alive). A
-//! coroutine blocks in one call at a time, so:
+//! While a connection makes requests it is ordinary blocking code: the
+//! wait step blocks in may's `read` with the request deadline as its
+//! timeout, and a write to a full socket blocks in may's `write`.
 //!
-//! - the connection coroutine blocks in `park()`; the hub's `Waker` for
-//!   it is `Unparker`, which unparks it, and the alarm clock (module
-//!   `alarm`) unparks it at its deadline;
-//! - its watcher blocks in `read` on a clone of the socket; at end of
-//!   file (or any error) it sets a flag and unparks the connection.
+//! A viewer must instead wake for whichever comes first of four things:
+//! events in its mailbox, bytes or a close from its client (WebSocket
+//! frames, or the disconnect the contract says must free it within a
+//! second), room in a socket it filled, and its deadline (the
+//! keep-alive). A coroutine blocks in one call at a time, and the hub
+//! cannot interrupt a may `read`. So once a connection streams, it stops
+//! blocking in `read` and `write` and waits in may's `wait_io` instead,
+//! which parks the coroutine until its socket reports any readiness
+//! (epoll, edge-triggered) or its `WaitIoWaker` is called. That waker is
+//! the connection's `std::task::Waker`: the hub calls it for new events
+//! and the alarm clock (module `alarm`) at the deadline. Before each
+//! wait the viewer looks at every source without blocking (mailbox, a
+//! non-blocking read, the clock), so nothing that happened while it ran
+//! is missed; a wake that comes while it runs is kept as a flag on the
+//! socket and ends the next `wait_io` at once.
 //!
-//! The alternative, a read with a timeout in the connection coroutine,
-//! would either wake every idle viewer periodically to look at its
-//! mailbox, or leave the hub unable to wake a viewer blocked in `read`.
-//! Go's `net/http` solves the same problem the same way (a background
-//! read per connection). The watcher costs one more coroutine per
-//! viewer, with a small stack of its own (see the README for the
-//! measured memory per idle viewer).
+//! This is readiness-style code, like the mio backend's, inside a
+//! coroutine. The blocking-style alternative needs a second coroutine
+//! per viewer blocked in `read` on a `dup` of the socket (Go's
+//! `net/http` does that), which an earlier version of this glue did: it
+//! cost two file descriptors per viewer (at most 9,950 viewers under
+//! this machine's 20,000 cap) and about 8 KiB more memory each.
 //!
 //! ## How a comment's wake-up travels
 //!
 //! poster's coroutine → hub pushes the event to the viewer's mailbox →
-//! the mailbox calls the waker → `Unparker::wake` unparks the viewer's
-//! coroutine → may puts it on a run queue → a worker resumes it inside
-//! `park` → it drains the mailbox and writes once.
+//! the mailbox calls the waker → `IoWaker::wake` calls may's
+//! `WaitIoWaker::wakeup` → may puts the viewer's coroutine on a run
+//! queue → a worker resumes it inside `wait_io` → it drains the mailbox
+//! and writes once.
 //!
 //! ## What can block what
 //!
@@ -62,13 +72,13 @@
 //! `std::sync::Mutex` held long, a long computation) holds its worker
 //! and every coroutine queued on that worker waits. The core does no
 //! I/O; its `parking_lot` locks are held for a few pointer moves; a
-//! JWT check is microseconds. So nothing here blocks a worker for long.
+//! JWT check is microseconds (RS256: about 100). So nothing here blocks
+//! a worker for long, but a burst of RS256 posts does delay the viewers
+//! queued behind them on the same worker (the `cpu-hog` benchmark).
 //!
-//! A viewer whose client stops reading blocks in `write`. While it is
-//! stuck there the hub cannot interrupt it, so the write is bounded by
-//! [`STALL_CHECK`]: a stalled viewer looks at its mailbox once a second,
-//! notices its eviction, and closes. Idle viewers (nothing to write) are
-//! never woken this way.
+//! A viewer whose client stops reading never blocks: its writes stop at
+//! `WouldBlock`, its backlog stays in its mailbox, and the hub's
+//! eviction wakes it like any event, so it closes at once.
 //!
 //! ## Why our `unsafe` spawns are sound
 //!
@@ -77,8 +87,8 @@
 //! crate is started by `spawn_coroutine`, and each one holds:
 //!
 //! 1. **No thread-local state across a blocking call.** After a may
-//!    call (read, write, accept, park, sleep) the coroutine may run on
-//!    another thread, so a thread-local read before it and used after
+//!    call (read, write, accept, wait_io, sleep) the coroutine may run
+//!    on another thread, so a thread-local read before it and used after
 //!    it would belong to the wrong thread. Our glue touches no
 //!    thread-locals. The core uses none either. `tracing` keeps its
 //!    current span per thread, so a span is entered only around
@@ -88,8 +98,10 @@
 //!    not a thread-local. `parking_lot`'s per-thread parking data is
 //!    used only inside one lock call, which never yields to may.
 //! 2. **No std blocking calls inside coroutines.** Sockets are may's,
-//!    waits are may's (`park`, `park_timeout`, `sleep`). The core does no I/O and
-//!    its locks are held for microseconds.
+//!    and the non-blocking reads and writes on them return `WouldBlock`
+//!    rather than wait; waits are may's (`wait_io`, `sleep`, io
+//!    timeouts). The alarm clock's lock is held for one heap push. The
+//!    core does no I/O and its locks are held for microseconds.
 //! 3. **The stack is large enough.** may stacks do not grow; running
 //!    past the end hits a guard page (SIGSEGV) or, at the coroutine's
 //!    end, may reports "stack overflow detected" and exits. The default
@@ -108,12 +120,14 @@
 //!   to a millisecond early; timeouts are rounded (see `time_left`).
 //! - `park_timeout` adds and removes a timer entry per park, and in may
 //!   0.3.51 an early wake can free that entry while the timer thread
-//!   still uses it (a crash under load): viewers, which park and wake
-//!   all the time, use a park with no timeout and our own alarm clock
-//!   instead (module `alarm`).
-//! - `TcpStream::set_read_timeout` also sets `SO_RCVTIMEO` on the
-//!   socket, refuses a zero duration, and `try_clone` copies it: the
-//!   watcher clears it on its copy.
+//!   still uses it (a crash under load): viewers, which wait and wake
+//!   all the time, wait with no may timer and use our own alarm clock
+//!   (module `alarm`).
+//! - A `WaitIoWaker` wake-up resumes whatever may call the coroutine is
+//!   blocked in on that socket, not only `wait_io`. So the waker is
+//!   handed out (to the hub, to the clock) only once the connection
+//!   streams, and from then on it never blocks in may's `read` or
+//!   `write` again.
 //! - may logs every socket it registers at `info` (see
 //!   `quiet_may_logs`).
 //! - There is no `TcpListener::from_std`: the listener is rebuilt from
@@ -123,22 +137,16 @@
 //!
 //! - A refused connection (past `--max-connections`) still gets a
 //!   coroutine for the few microseconds it takes to write its 503.
-//! - A viewer costs two file descriptors (the watcher reads a `dup` of
-//!   the socket, because a may socket serves one blocked coroutine), so
-//!   one process holds at most half as many viewers as its open-files
-//!   limit allows: `connection_limit` lowers `--max-connections` to
-//!   that (9,950 under this machine's cap of 20,000), and connections
-//!   past it get the core's 503.
-//! - An idle viewer costs about 24 KiB against tokio's 2 KiB (README),
-//!   mostly stack pages: those its request touched, the page may marks
-//!   at the bottom of each stack, and the watcher's two pages. One
-//!   coroutine per viewer would be possible with may's `WaitIo` (wait
-//!   for socket readiness or an explicit wake-up) plus a shared timer
-//!   for keep-alives, at the price of readiness-style code.
+//! - An idle viewer costs about 16 KiB against tokio's 2 KiB (README),
+//!   nearly all of it stack pages: those its request touched and the
+//!   page may marks at the bottom of each stack. Stackful coroutines pay
+//!   for the deepest call a connection ever made, for as long as it
+//!   lives.
 //!
 //! The glue follows the steps of `livecomment_core::conn`:
-//! `run` → `accept_loop` → `serve_connection` (`write_step`,
-//! `wait_step`, `read_step`).
+//! `run` → `accept_loop` → `serve_connection` (`write_step`, then
+//! `wait_step` and `read_step` for requests, `wait_step_streaming` and
+//! `read_ready` for viewers).
 
 mod alarm;
 
