@@ -286,23 +286,26 @@ fn serve_connection(
     let span = tracing::debug_span!("conn", runtime = "may", %peer);
     let _ = stream.set_nodelay(true);
     let waker = Waker::from(Arc::new(IoWaker(stream.waker())));
-    let mut alarm = Alarm::new(clock);
+    let mut streaming = Streaming {
+        alarm: Alarm::new(clock),
+        readable: true,
+    };
     let mut conn = Connection::new(service, Instant::now());
     // Set once the connection streams events; from then on it never
-    // blocks in a read or a write, only in `wait_io` (see `wait_step`).
-    let mut streaming = false;
+    // blocks in a read or a write, only in `wait_io`.
+    let mut streams = false;
 
     loop {
-        streaming |= conn.is_viewer();
-        if let Err(err) = write_step(&mut stream, &mut conn, streaming) {
+        streams |= conn.is_viewer();
+        if let Err(err) = write_step(&mut stream, &mut conn, streams) {
             tracing::debug!(%peer, cause = %err, "write failed");
             break;
         }
         if conn.is_done() {
             break;
         }
-        let waited = if streaming {
-            wait_step_streaming(&stream, &mut conn, &waker, &mut alarm, &span)
+        let waited = if streams {
+            wait_step_streaming(&stream, &mut conn, &waker, &mut streaming, &span)
         } else {
             wait_step(&mut stream, &mut conn, &span)
         };
@@ -384,14 +387,17 @@ fn wait_step_streaming(
     stream: &TcpStream,
     conn: &mut Connection,
     waker: &Waker,
-    alarm: &mut Alarm,
+    streaming: &mut Streaming,
     span: &Span,
 ) -> io::Result<()> {
     if conn.poll_events(waker) {
         return Ok(());
     }
-    if conn.wants_read() && read_ready(stream, conn, span)? {
-        return Ok(());
+    if streaming.readable && conn.wants_read() {
+        if read_ready(stream, conn, span)? {
+            return Ok(());
+        }
+        streaming.readable = false;
     }
     let now = Instant::now();
     match conn.deadline() {
@@ -399,12 +405,28 @@ fn wait_step_streaming(
             conn.on_deadline(now);
             return Ok(());
         }
-        Some(at) => alarm.arm(at, waker),
+        Some(at) => streaming.alarm.arm(at, waker),
         None => {}
     }
-    stream.wait_io();
+    let events = stream.wait_io();
+    streaming.readable |= events & READ_EVENTS != 0;
     Ok(())
 }
+
+/// What a streaming connection keeps between waits.
+struct Streaming {
+    /// Wakes the connection at its deadline.
+    alarm: Alarm,
+    /// Whether the socket may have bytes (or a close) to read: set by a
+    /// readiness event, cleared when a read finds nothing. Without it,
+    /// every wake that only brought events would cost a `read` syscall.
+    readable: bool,
+}
+
+/// The epoll events (which `wait_io` returns) that mean a read would
+/// not find the socket empty: data, the peer's close, an error.
+const READ_EVENTS: usize =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as usize;
 
 /// Reads without waiting; `true` when bytes or the client's close were
 /// fed to the connection, `false` when the socket had nothing.
@@ -414,7 +436,7 @@ fn read_ready(stream: &TcpStream, conn: &mut Connection, span: &Span) -> io::Res
         Ok(0) => conn.closed_by_peer(),
         Ok(n) => span.in_scope(|| conn.received(&buf[..n], Instant::now())),
         Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(false),
-        Err(err) if err.kind() == ErrorKind::Interrupted => return Ok(false),
+        Err(err) if err.kind() == ErrorKind::Interrupted => {}
         Err(err) => return Err(err),
     }
     Ok(true)
