@@ -11,6 +11,8 @@ use anyhow::{Result, bail};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+use crate::viewer::Transport;
+
 /// The runtimes `serve --runtime` knows, in report order.
 pub const ALL_RUNTIMES: [&str; 5] = ["tokio", "may", "glommio", "mio", "threads"];
 
@@ -41,6 +43,11 @@ pub struct BenchArgs {
     /// CPU the load generator (this process) is pinned to.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub load_cpu: usize,
+
+    /// How viewers receive events: Server-Sent Events or WebSocket. The
+    /// calibration blaster always speaks SSE.
+    #[arg(long, value_enum, default_value_t = Transport::Sse, value_name = "T")]
+    pub transport: Transport,
 
     /// `--workers` passed to every server.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -147,6 +154,9 @@ impl ScenarioName {
 /// Every size the scenarios use, after presets and overrides.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sizes {
+    /// How viewers read (SSE unless `--transport ws`).
+    #[serde(default)]
+    pub transport: Transport,
     pub duration_secs: f64,
     pub fanout_viewers: usize,
     pub fanout_rate: f64,
@@ -174,6 +184,7 @@ impl Sizes {
     /// on a 2-core machine.
     fn quick() -> Sizes {
         Sizes {
+            transport: Transport::Sse,
             duration_secs: 2.0,
             fanout_viewers: 500,
             fanout_rate: 200.0,
@@ -199,6 +210,7 @@ impl Sizes {
     /// The sizes the issue names for the full comparison.
     fn full() -> Sizes {
         Sizes {
+            transport: Transport::Sse,
             duration_secs: 10.0,
             fanout_viewers: 2_500,
             fanout_rate: 400.0,
@@ -303,6 +315,7 @@ impl Plan {
             Sizes::full()
         };
         sizes.apply(&args.sizes);
+        sizes.transport = args.transport;
         if sizes.max_sockets() > MAX_CLIENT_SOCKETS {
             bail!(
                 "a scenario would open {} client sockets; one load process holds at most {}",

@@ -41,6 +41,22 @@ pub fn events_request(stream: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The WebSocket upgrade a viewer sends for `stream`. The key is fixed:
+/// it only has to be 16 bytes in base64, and the accept value that the
+/// server derives from it is not checked (the status is).
+pub fn ws_request(stream: &str) -> Vec<u8> {
+    format!(
+        "GET /streams/{stream}/ws HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\n\
+         Upgrade: websocket\r\n\
+         Connection: Upgrade\r\n\
+         Sec-WebSocket-Key: bGl2ZWNvbW1lbnQtYmVuY2g=\r\n\
+         Sec-WebSocket-Version: 13\r\n\
+         \r\n"
+    )
+    .into_bytes()
+}
+
 /// How a response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {

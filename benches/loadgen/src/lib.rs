@@ -20,6 +20,7 @@
 //! | `tokens` | the HS256 secret, the RS256 key pair, minting tokens |
 //! | `http` | request bytes, a response parser for pipelined replies, a tiny blocking GET |
 //! | `sse` | the viewer's decoder: response head, chunked bodies, events by byte search |
+//! | `ws` | the WebSocket viewer's decoder: the 101, then frames, by the same byte search |
 //! | `viewer` | thousands of SSE viewers as tasks on one thread: loss and latency per event |
 //! | `poster` | open-loop posters on kernel threads: a fixed schedule, never waiting for replies |
 //! | `calibrate` | a blaster that shows how many events per second the viewers can absorb |
@@ -56,9 +57,8 @@
 //!
 //! # Limitations
 //!
-//! - Viewers are SSE only. WebSocket viewers plug in at the
-//!   [`viewer::Transport`] seam: an upgrade request and a frame decoder
-//!   that yields the same events as the SSE decoder.
+//! - Viewers all use one transport per run (`--transport sse|ws`); a
+//!   mix of SSE and WebSocket viewers in one scenario is not offered.
 //! - One harness process holds every client socket, so a scenario is
 //!   kept under the 20,000 open-files cap (about 19,000 connections).
 //!   Larger runs would need several load processes.
@@ -80,6 +80,7 @@ mod server;
 mod sse;
 mod tokens;
 pub mod viewer;
+mod ws;
 
 use std::path::Path;
 

@@ -164,7 +164,7 @@ fn decode_event(event: &[u8]) -> SseEvent {
 }
 
 /// The decimal number at the start of `bytes` (at most 19 digits).
-fn parse_digits(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn parse_digits(bytes: &[u8]) -> Option<u64> {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 19 {
         return None;

@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 use crate::clock::{Clock, duration_nanos};
 use crate::http;
 use crate::sse::{SseDecoder, SseEvent};
+use crate::ws::WsDecoder;
 
 /// Size of the thread-local read buffer shared by all viewers.
 const SCRATCH_BYTES: usize = 256 * 1024;
@@ -64,22 +65,70 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
 }
 
-/// How a viewer receives events.
-///
-/// The seam for WebSocket viewers: a `WebSocket` variant would send an
-/// upgrade request (with a `Sec-WebSocket-Key`), check the 101, and
-/// decode text frames into the same [`SseEvent`] values (`id` from the
-/// comment, `t=` from its text), so loss and latency accounting stay
-/// untouched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a viewer receives events. Both decoders yield the same
+/// [`SseEvent`] values (the comment's id, the `t=` stamp of its text), so
+/// loss and latency are counted the same way for both.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
+    /// Server-Sent Events: `GET /streams/{s}/events`.
+    #[default]
     Sse,
+    /// WebSocket: `GET /streams/{s}/ws`, read-only (no token).
+    Ws,
 }
 
 impl Transport {
     fn request(self, stream: &str) -> Vec<u8> {
         match self {
             Transport::Sse => http::events_request(stream),
+            Transport::Ws => http::ws_request(stream),
+        }
+    }
+
+    fn decoder(self) -> Decoder {
+        match self {
+            Transport::Sse => Decoder::Sse(SseDecoder::default()),
+            Transport::Ws => Decoder::Ws(WsDecoder::default()),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "SSE",
+            Transport::Ws => "WebSocket",
+        }
+    }
+}
+
+/// A viewer's decoder, for its transport.
+enum Decoder {
+    Sse(SseDecoder),
+    Ws(WsDecoder),
+}
+
+impl Decoder {
+    fn is_streaming(&self) -> bool {
+        match self {
+            Decoder::Sse(d) => d.is_streaming(),
+            Decoder::Ws(d) => d.is_streaming(),
+        }
+    }
+
+    fn feed(&mut self, input: &[u8], on_event: &mut impl FnMut(SseEvent)) -> Result<()> {
+        match self {
+            Decoder::Sse(d) => d.feed(input, on_event),
+            Decoder::Ws(d) => d.feed(input, on_event),
         }
     }
 }
@@ -166,7 +215,7 @@ impl Viewers {
     pub fn new(server: SocketAddr, clock: Clock, in_flight: usize) -> Viewers {
         Viewers {
             server,
-            transport: Transport::Sse,
+            transport: Transport::default(),
             board: Rc::new(Board {
                 clock,
                 tracks: RefCell::new(Vec::new()),
@@ -181,6 +230,11 @@ impl Viewers {
             gate: Rc::new(Semaphore::new(in_flight.max(1))),
             tasks: Vec::new(),
         }
+    }
+
+    /// The transport of the viewers spawned from now on.
+    pub fn set_transport(&mut self, transport: Transport) {
+        self.transport = transport;
     }
 
     /// Starts one viewer of `stream` (its index `stream_index` in the
@@ -206,6 +260,7 @@ impl Viewers {
             server: self.server,
             source: Ipv4Addr::new(127, 0, 0, octet),
             request: self.transport.request(stream),
+            transport: self.transport,
             behaviour,
             board: Rc::clone(&self.board),
             gate: Rc::clone(&self.gate),
@@ -325,6 +380,7 @@ struct Viewer {
     server: SocketAddr,
     source: Ipv4Addr,
     request: Vec<u8>,
+    transport: Transport,
     behaviour: Behaviour,
     board: Rc<Board>,
     gate: Rc<Semaphore>,
@@ -368,7 +424,7 @@ impl Viewer {
             .await
             .context("sending the request")?;
 
-        let mut decoder = SseDecoder::default();
+        let mut decoder = self.transport.decoder();
         let mut permit = Some(permit);
         loop {
             stream.readable().await.context("waiting to read")?;
@@ -400,7 +456,7 @@ impl Viewer {
 
     /// Reads what is ready (a few reads at most) and decodes it; returns
     /// `true` at end of stream.
-    fn read_ready(&self, stream: &TcpStream, decoder: &mut SseDecoder) -> Result<bool> {
+    fn read_ready(&self, stream: &TcpStream, decoder: &mut Decoder) -> Result<bool> {
         SCRATCH.with_borrow_mut(|buf| {
             for _ in 0..READS_PER_WAKE {
                 let n = match stream.try_read(buf) {
@@ -419,7 +475,7 @@ impl Viewer {
     }
 
     /// Decodes one read's bytes, recording each event on the board.
-    fn decode(&self, decoder: &mut SseDecoder, bytes: &[u8]) -> Result<()> {
+    fn decode(&self, decoder: &mut Decoder, bytes: &[u8]) -> Result<()> {
         let board = &self.board;
         let now = board.clock.now_nanos();
         let mut tracks = board.tracks.borrow_mut();

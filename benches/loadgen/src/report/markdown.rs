@@ -115,10 +115,11 @@ fn header(md: &mut String, r: &Results) {
     let s = &r.sizes;
     let _ = writeln!(
         md,
-        "Sizes: window {} s; fanout-hot {} viewers × {} posts/s; idle {} viewers; \
+        "Viewers read over {}. Sizes: window {} s; fanout-hot {} viewers × {} posts/s; idle {} viewers; \
          many-streams {} streams × {} viewers at {} posts/s; post-heavy {} posts/s from \
          {} users over {} connections to {} viewers; cpu-hog {} probe viewers at {} posts/s; \
          slow-viewers {} viewers at {} posts/s; connect-storm {} viewers ({} in flight).\n",
+        s.transport.as_str(),
         s.duration_secs,
         s.fanout_viewers,
         s.fanout_rate,

@@ -34,6 +34,7 @@ pub async fn run(env: &mut Env<'_>, runtime: &str) -> Result<Record> {
 
     env.progress.phase(&format!("storm of {n} viewers"));
     let mut viewers = Viewers::new(server.addr, env.clock, sizes.storm_in_flight);
+    viewers.set_transport(sizes.transport);
     let window = Window::open(env, &server, &viewers)?;
     let started = Instant::now();
     for _ in 0..n {

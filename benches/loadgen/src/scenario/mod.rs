@@ -223,6 +223,7 @@ pub async fn connect_viewers(
     env.progress
         .phase(&format!("connecting {} viewers", viewers.len()));
     let mut pool = Viewers::new(server.addr, env.clock, IN_FLIGHT);
+    pool.set_transport(env.plan.sizes.transport);
     for &(stream, behaviour) in viewers {
         pool.spawn(stream, &streams[stream], behaviour);
     }
