@@ -286,28 +286,28 @@ fn serve_connection(
     let span = tracing::debug_span!("conn", runtime = "may", %peer);
     let _ = stream.set_nodelay(true);
     let waker = Waker::from(Arc::new(IoWaker(stream.waker())));
-    let mut streaming = Streaming {
-        alarm: Alarm::new(clock),
-        readable: true,
-    };
     let mut conn = Connection::new(service, Instant::now());
     // Set once the connection streams events; from then on it never
     // blocks in a read or a write, only in `wait_io`.
-    let mut streams = false;
+    let mut streaming: Option<Streaming> = None;
 
     loop {
-        streams |= conn.is_viewer();
-        if let Err(err) = write_step(&mut stream, &mut conn, streams) {
+        if streaming.is_none() && conn.is_viewer() {
+            streaming = Some(Streaming {
+                alarm: Alarm::new(clock.clone()),
+                readable: true,
+            });
+        }
+        if let Err(err) = write_step(&mut stream, &mut conn, streaming.is_some()) {
             tracing::debug!(%peer, cause = %err, "write failed");
             break;
         }
         if conn.is_done() {
             break;
         }
-        let waited = if streams {
-            wait_step_streaming(&stream, &mut conn, &waker, &mut streaming, &span)
-        } else {
-            wait_step(&mut stream, &mut conn, &span)
+        let waited = match streaming.as_mut() {
+            Some(streaming) => wait_step_streaming(&stream, &mut conn, &waker, streaming, &span),
+            None => wait_step(&mut stream, &mut conn, &span),
         };
         if let Err(err) = waited {
             tracing::debug!(%peer, cause = %err, "connection failed");
